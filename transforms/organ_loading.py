@@ -1,0 +1,223 @@
+"""Loading one organ's binary mask from any of the segmentation forms shapeqc accepts.
+
+Accepted sources:
+
+- a binary NIfTI mask (values 0/1); an organ name, if given, just says which organ it is;
+- a multi-label NIfTI map (TotalSegmentator v1 or v2 class map) with an organ name, e.g. ``adrenal_gland_left``;
+  the map version is detected (see :mod:`transforms.class_maps`) or given as ``map_version``;
+- a TotalSegmentator output folder holding one binary ``<organ>.nii.gz`` per organ, with an organ name;
+- an AdrenalMNIST3D-style ``.npz`` file with an array name and index (MedMNIST stores masks as 0/255);
+- an in-memory array with its affine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from transforms.class_maps import MAP_VERSIONS, class_map, detect_map_version, label_of
+from transforms.errors import (
+    EmptyMaskError,
+    MissingFileError,
+    NonBinaryMaskError,
+    TruncatedOrganError,
+    UnknownOrganError,
+    UnreadableImageError,
+)
+from transforms.volume_io import (
+    binary_mask,
+    read_label_names,
+    read_volume,
+    validate_affine,
+    validate_volume,
+)
+
+
+@lru_cache(maxsize=2)
+def _npz_array(path: str, array_name: str) -> np.ndarray:
+    # decompressing a 300 MB npz member takes seconds: keep the last two per process
+    with np.load(path) as archive:
+        return archive[array_name]
+
+
+def read_npz_mask(path: str | os.PathLike, array_name: str, index: int) -> np.ndarray:
+    """One (D, H, W) bool mask from an npz stack (N, D, H, W) whose masks are 0/1 or 0/255 (MedMNIST)."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(path, "file does not exist")
+    try:
+        stack = _npz_array(str(path), array_name)
+    except KeyError as exc:
+        raise UnreadableImageError(path, f"has no array {array_name!r}") from exc
+    except Exception as exc:
+        raise UnreadableImageError(path, f"cannot read as npz ({type(exc).__name__}: {exc})") from exc
+    if not 0 <= index < len(stack):
+        raise UnreadableImageError(path, f"index {index} out of range for {array_name!r} of length {len(stack)}")
+    volume = validate_volume(stack[index], f"{path}:{array_name}[{index}]")
+    values = np.unique(volume)
+    if not (np.all(np.isin(values, (0, 1))) or np.all(np.isin(values, (0, 255)))):
+        raise NonBinaryMaskError(f"{path}:{array_name}[{index}]", f"values {values[:8].tolist()} are not 0/1 or 0/255")
+    return volume > 0
+
+
+def load_organ_mask(
+    source: str | os.PathLike | np.ndarray,
+    organ: str | None = None,
+    map_version: str = "auto",
+    affine: np.ndarray | None = None,
+    npz_array: str | None = None,
+    npz_index: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Load one organ as ``(mask (D, H, W) bool, affine (4, 4) float64, info)``.
+
+    ``info`` records how it was read: ``{"form": "binary" | "multilabel" | "organ_folder" | "npz" | "array",
+    "map_version": "v1" | "v2" | "" (not a label map), "label": int (0: not a label map)}``; no None values,
+    so batches of items collate.
+
+    Raises one of the :mod:`transforms.errors` types, naming the file.
+    """
+    if isinstance(source, np.ndarray):
+        if affine is None:
+            raise ValueError("an in-memory mask needs its affine")
+        volume = validate_volume(source, None)
+        return binary_mask(volume, None), validate_affine(affine, None), {"form": "array", "map_version": "",
+                                                                         "label": 0}
+    path = Path(source)
+    if str(path).lower().endswith(".npz"):
+        if npz_array is None or npz_index is None:
+            raise UnreadableImageError(path, "an npz source needs an array name and an index")
+        mask = read_npz_mask(path, npz_array, int(npz_index))
+        affine = np.eye(4) if affine is None else validate_affine(affine, path)
+        return mask, affine, {"form": "npz", "map_version": "", "label": 0}
+    if path.is_dir():
+        if organ is None:
+            raise UnknownOrganError(path, "a TotalSegmentator folder needs an organ name")
+        organ_file = path / f"{organ}.nii.gz"
+        if not organ_file.exists() and (path / f"{organ}.nii").exists():
+            organ_file = path / f"{organ}.nii"
+        if not organ_file.exists():
+            raise UnknownOrganError(path, f"no file {organ}.nii.gz for organ {organ!r} in this folder")
+        volume, file_affine = read_volume(organ_file)
+        return binary_mask(volume, organ_file), file_affine, {"form": "organ_folder", "map_version": "",
+                                                               "label": 0}
+    volume, file_affine = read_volume(path)
+    header_labels = read_label_names(path)
+    # A file holding only 0 and 1 is a binary mask of the named organ, unless its own label table says
+    # otherwise (a multi-label map with one structure present still carries TotalSegmentator's table).
+    if organ is None or (header_labels is None and np.all(np.isin(np.unique(volume), (0, 1)))):
+        return binary_mask(volume, path), file_affine, {"form": "binary", "map_version": "", "label": 0}
+
+    if volume.dtype.kind == "f" and not np.all(volume == np.round(volume)):
+        raise NonBinaryMaskError(path, "a label map must hold whole numbers, found fractional values")
+    label_map = volume.astype(np.int32, copy=False)
+    if map_version == "auto":
+        map_version = detect_map_version(label_map, file_affine, header_labels)
+    elif map_version not in MAP_VERSIONS:
+        raise ValueError(f"map_version must be 'auto' or one of {MAP_VERSIONS}, got {map_version!r}")
+    labels = header_labels or class_map(map_version)
+    label = label_of(organ, labels, path)
+    mask = label_map == label
+    if not mask.any():
+        raise UnknownOrganError(path, f"organ {organ!r} (label {label}, map {map_version}) is absent from this map")
+    return mask, file_affine, {"form": "multilabel", "map_version": map_version, "label": int(label)}
+
+
+def touches_border(mask: np.ndarray) -> bool:
+    """True when any foreground voxel lies on a face of the array."""
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
+                or mask[:, :, 0].any() or mask[:, :, -1].any())
+
+
+def check_organ_mask(mask: np.ndarray, path: str | os.PathLike | None, check_border: bool = True) -> None:
+    """Raise EmptyMaskError for an empty mask and TruncatedOrganError for one cut by the image border."""
+    if not mask.any():
+        raise EmptyMaskError(path, "the organ mask is empty")
+    if check_border and touches_border(mask):
+        raise TruncatedOrganError(path, "the organ touches the image border (cut off; its shape cannot be judged)")
+
+
+def _describe_source(data: Mapping, key: Hashable) -> str:
+    value = data[key]
+    if isinstance(value, np.ndarray):
+        return str(data.get("case_id", "<array>"))
+    text = str(value)
+    if "npz_array" in data:
+        text += f":{data['npz_array']}[{data.get('npz_index')}]"
+    if data.get("organ"):
+        text += f" [{data['organ']}]"
+    return text
+
+
+class LoadOrganMaskd(MapTransform):
+    """Load one organ's binary mask from a path (file, folder, npz) or array under each key.
+
+    Writes, per key: the mask as (D, H, W) uint8; ``affine`` (4, 4) float64 into ``affine_key``; the source's
+    description into ``source_key`` (for error logs) and how it was read into ``f"{key}_load"``.
+    The organ name comes from ``organ`` or, per item, from ``data[organ_key]``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "mask",
+        organ: str | None = None,
+        organ_key: str = "organ",
+        map_version: str = "auto",
+        affine_key: str = "affine",
+        source_key: str = "source",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.organ = organ
+        self.organ_key = organ_key
+        self.map_version = map_version
+        self.affine_key = affine_key
+        self.source_key = source_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            organ = self.organ if self.organ is not None else d.get(self.organ_key)
+            description = _describe_source(d, key)
+            mask, affine, info = load_organ_mask(
+                d[key], organ=organ, map_version=d.get("map_version", self.map_version),
+                affine=d.get(self.affine_key), npz_array=d.get("npz_array"), npz_index=d.get("npz_index"),
+            )
+            d[key] = mask.astype(np.uint8)
+            d[self.affine_key] = affine
+            d[self.source_key] = description
+            d[f"{key}_load"] = info
+        return d
+
+
+class CheckOrganMaskd(MapTransform):
+    """Reject organs that cannot be judged: empty masks, and (``check_border``) organs cut by the image border.
+
+    The error names ``data[source_key]`` (set by :class:`LoadOrganMaskd`).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "mask",
+        check_border: bool = True,
+        source_key: str = "source",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.check_border = check_border
+        self.source_key = source_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            check_organ_mask(np.asarray(d[key]), d.get(self.source_key), self.check_border)
+        return d
+
+
+__all__: Sequence[str] = ["LoadOrganMaskd", "CheckOrganMaskd", "load_organ_mask", "check_organ_mask",
+                          "touches_border", "read_npz_mask"]
