@@ -1,0 +1,107 @@
+"""Corruption and boundary-sampling transforms: seeded, local to the organ, and usable in a MONAI pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.transforms import Compose, CopyItemsd
+
+from shapeqc.datasets import adrenalmnist3d_items
+from transforms.boundary_samples import BoundarySampled
+from transforms.coordinates import grid_coords_to_voxel
+from transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond, organ_box
+from transforms.grid_transforms import ToCanonicalGridd
+from transforms.organ_loading import LoadOrganMaskd
+from transforms.packing import PackGridd, UnpackGridd
+
+
+@pytest.fixture(scope="module")
+def clean_grid(adrenal_val_masks) -> np.ndarray:
+    grid = np.zeros((1, 96, 96, 96), np.uint8)
+    grid[0, 16:80, 16:80, 16:80] = adrenal_val_masks[4]
+    return grid
+
+
+def _outside(box, shape):
+    mask = np.ones(shape, bool)
+    mask[box] = False
+    return mask
+
+
+@pytest.mark.parametrize("add, remove", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
+def test_perlin_corruption_is_seeded_and_stays_near_the_organ(clean_grid, add, remove):
+    transform = RandPerlinCorruptiond("clean", output_keys="input", add_prob=add, remove_prob=remove)
+    transform.set_random_state(3)
+    first = transform({"clean": clean_grid})
+    transform.set_random_state(3)
+    again = transform({"clean": clean_grid})
+    np.testing.assert_array_equal(first["input"], again["input"])
+    np.testing.assert_array_equal(first["clean"], clean_grid)  # the clean copy is untouched
+    changed = first["input"][0] != clean_grid[0]
+    assert changed.any()
+    added = first["input"][0] > clean_grid[0]
+    removed = first["input"][0] < clean_grid[0]
+    assert not added[_outside(organ_box(clean_grid[0], 10), clean_grid[0].shape)].any()
+    assert not removed[_outside(organ_box(clean_grid[0], 2), clean_grid[0].shape)].any()
+    assert added.any() == bool(add) and removed.any() == bool(remove)
+
+
+def test_perlin_corruption_differs_between_calls(clean_grid):
+    transform = RandPerlinCorruptiond("clean", output_keys="input", add_prob=1.0, remove_prob=1.0)
+    transform.set_random_state(0)
+    a = transform({"clean": clean_grid})["input"]
+    b = transform({"clean": clean_grid})["input"]
+    assert not np.array_equal(a, b)
+
+
+def test_patch_corruption_changes_one_cube_inside_the_box(clean_grid):
+    transform = RandPatchCorruptiond("input", prob=1.0, size_range=(0.3, 0.3))
+    transform.set_random_state(5)
+    out = transform({"input": clean_grid.copy()})["input"][0]
+    changed = np.argwhere(out != clean_grid[0])
+    assert len(changed) > 0
+    box = organ_box(clean_grid[0])
+    lower, upper = changed.min(axis=0), changed.max(axis=0)
+    assert all(b.start <= lo and hi < b.stop for b, lo, hi in zip(box, lower, upper, strict=True))
+    side = round(0.3 * min(b.stop - b.start for b in box))
+    assert np.all(upper - lower < side)
+    assert (out[tuple(changed.T)] == out[tuple(changed[0])]).all()  # all filled or all emptied
+
+
+def test_boundary_sampled_gives_network_coordinates_and_targets(clean_grid):
+    transform = BoundarySampled("clean", num_points=5000)
+    transform.set_random_state(1)
+    out = transform({"clean": clean_grid})
+    assert out["points"].shape == (5000, 3) and out["points"].dtype == np.float32
+    assert out["occupancy"].dtype == np.float32 and set(np.unique(out["occupancy"])) == {0.0, 1.0}
+    assert np.all(np.abs(out["points"]) <= 1.5)
+    voxels = np.floor(grid_coords_to_voxel(out["points"], (96, 96, 96))).astype(int)
+    inside = np.all((voxels >= 0) & (voxels < 96), axis=1)
+    looked_up = clean_grid[0][tuple(voxels[inside].T)]
+    near = np.any(np.abs(grid_coords_to_voxel(out["points"], (96,) * 3) % 1) < 1e-3, axis=1)[inside]
+    np.testing.assert_array_equal(looked_up[~near], out["occupancy"][inside][~near])
+    transform.set_random_state(1)
+    np.testing.assert_array_equal(transform({"clean": clean_grid})["points"], out["points"])
+
+
+def test_training_pipeline_in_cache_dataset_with_two_workers(adrenal_npz):
+    items = list(adrenalmnist3d_items(adrenal_npz, arrays=("val_images",)))[:4]
+    pipeline = Compose([
+        LoadOrganMaskd("mask"),
+        ToCanonicalGridd("mask", spacing_mm=1.0, grid_size=64, margin=4),
+        PackGridd("mask"),
+        UnpackGridd("mask"),
+        CopyItemsd("mask", names="input"),
+        RandPerlinCorruptiond("input", add_prob=1.0, remove_prob=1.0),
+        RandPatchCorruptiond("input", prob=0.5),
+        BoundarySampled("mask", num_points=2048),
+    ]).set_random_state(0)
+    dataset = CacheDataset(items, transform=pipeline, cache_rate=1.0, num_workers=2, progress=False)
+    batch = next(iter(DataLoader(dataset, batch_size=4, num_workers=2)))
+    assert tuple(batch["input"].shape) == (4, 1, 64, 64, 64)
+    assert tuple(batch["points"].shape) == (4, 2048, 3)
+    assert tuple(batch["occupancy"].shape) == (4, 2048)
+    assert isinstance(batch["points"], torch.Tensor)
+    assert (batch["input"] != batch["mask"]).any()

@@ -1,0 +1,157 @@
+"""Random corruptions of a canonical organ grid: the network's input is the corrupted copy, the clean copy
+gives the targets. Both run per training step (no offline preprocessing).
+
+- :class:`RandPerlinCorruptiond`: adds Perlin-noise blobs within the organ's box grown by ``add_margin``
+  voxels and removes blobs within the box grown by ``remove_margin`` (research pipeline: ~10 and ~2). A blob
+  is where the box's noise, normalized to [0, 1], exceeds a threshold drawn from ``threshold_range``; the
+  noise lattice has about ``cells_per_side`` cells along each box side.
+- :class:`RandPatchCorruptiond`: adds or deletes one random cube of random size inside the organ's box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, RandomizableTransform
+
+from cuda_kernels import perlin3d
+
+
+def organ_box(grid: np.ndarray, grow: int = 0) -> tuple[slice, slice, slice] | None:
+    """Slices of the bounding box of ``grid``'s foreground grown by ``grow`` voxels (clipped), None if empty."""
+    occupied = np.argwhere(grid)
+    if occupied.size == 0:
+        return None
+    lower = np.maximum(occupied.min(axis=0) - grow, 0)
+    upper = np.minimum(occupied.max(axis=0) + 1 + grow, grid.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lower, upper, strict=True))
+
+
+def _as_volume(value) -> tuple[np.ndarray, bool]:
+    array = np.asarray(value)
+    if array.ndim == 4 and array.shape[0] == 1:
+        return array[0], True
+    return array, False
+
+
+class RandPerlinCorruptiond(RandomizableTransform, MapTransform):
+    """Add and remove Perlin-noise blobs near the organ (see module doc); writes the result to ``output_keys``.
+
+    Args:
+        keys: clean grids (R, R, R) or (1, R, R, R), binary.
+        output_keys: where the corrupted copies go (default: overwrite ``keys``).
+        prob: probability of corrupting at all.
+        add_prob, remove_prob: probability of each of the two steps, given corruption.
+        add_margin, remove_margin: box growth in voxels for adding and removing.
+        threshold_range: blob threshold on the normalized noise, drawn uniformly.
+        cells_per_side: noise lattice cells along each box side.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_keys: KeysCollection | None = None,
+        prob: float = 1.0,
+        add_prob: float = 0.5,
+        remove_prob: float = 0.5,
+        add_margin: int = 10,
+        remove_margin: int = 2,
+        threshold_range: tuple[float, float] = (0.65, 1.0),
+        cells_per_side: float = 3.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.output_keys = self.keys if output_keys is None else tuple(np.atleast_1d(output_keys).tolist())
+        if len(self.output_keys) != len(self.keys):
+            raise ValueError("output_keys must match keys one to one")
+        self.add_prob, self.remove_prob = add_prob, remove_prob
+        self.add_margin, self.remove_margin = add_margin, remove_margin
+        self.threshold_range = threshold_range
+        self.cells_per_side = cells_per_side
+
+    def _blobs(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """A bool blob mask of ``shape`` from a random window of the noise field."""
+        offset = self.R.uniform(0, 200, size=3)
+        axes = [np.float32(offset[a]) + np.arange(n, dtype=np.float32) * np.float32(self.cells_per_side / max(n, 1))
+                for a, n in enumerate(shape)]
+        noise = perlin3d(axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :])
+        low, high = float(noise.min()), float(noise.max())
+        normalized = (noise - low) / max(high - low, 1e-12)
+        return normalized > self.R.uniform(*self.threshold_range)
+
+    def corrupt(self, grid: np.ndarray) -> np.ndarray:
+        """One corruption of a (R, R, R) binary grid (uses this transform's random state)."""
+        out = (np.asarray(grid) != 0).astype(np.uint8)
+        do_add = self.R.random() < self.add_prob
+        do_remove = self.R.random() < self.remove_prob
+        if do_add:
+            box = organ_box(out, self.add_margin)
+            if box is not None:
+                region = out[box]
+                region[self._blobs(region.shape)] = 1
+        if do_remove:
+            box = organ_box(out, self.remove_margin)
+            if box is not None:
+                region = out[box]
+                region[self._blobs(region.shape)] = 0
+        return out
+
+    def __call__(self, data: Mapping[Hashable, np.ndarray]) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        for key, out_key in self.key_iterator(d, self.output_keys):
+            volume, channel = _as_volume(d[key])
+            corrupted = self.corrupt(volume) if self._do_transform else (volume != 0).astype(np.uint8)
+            d[out_key] = corrupted[None] if channel else corrupted
+        return d
+
+
+class RandPatchCorruptiond(RandomizableTransform, MapTransform):
+    """Add (fill) or delete (empty) one random cube inside the organ's box.
+
+    Args:
+        keys: binary grids (R, R, R) or (1, R, R, R), corrupted in place (chain after RandPerlinCorruptiond on
+            its output key).
+        prob: probability of applying.
+        size_range: cube side as a fraction of the box's smallest side, drawn uniformly.
+        add_fraction: probability that the cube is added rather than deleted.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.5,
+        size_range: tuple[float, float] = (0.2, 0.5),
+        add_fraction: float = 0.5,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.size_range = size_range
+        self.add_fraction = add_fraction
+
+    def corrupt(self, grid: np.ndarray) -> np.ndarray:
+        out = (np.asarray(grid) != 0).astype(np.uint8)
+        box = organ_box(out)
+        if box is None:
+            return out
+        sides = np.array([s.stop - s.start for s in box])
+        side = max(1, int(round(self.R.uniform(*self.size_range) * sides.min())))
+        corner = [int(s.start + self.R.randint(0, max(1, n - side + 1))) for s, n in zip(box, sides, strict=True)]
+        cube = tuple(slice(c, c + side) for c in corner)
+        out[cube] = 1 if self.R.random() < self.add_fraction else 0
+        return out
+
+    def __call__(self, data: Mapping[Hashable, np.ndarray]) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            volume, channel = _as_volume(d[key])
+            corrupted = self.corrupt(volume)
+            d[key] = corrupted[None] if channel else corrupted
+        return d
