@@ -18,7 +18,7 @@ from pathlib import Path
 from cuda_kernels.backend import KERNEL_DIR
 
 GXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-x", "c++")
-CUDA_SOURCES = ("perlin.cu", "boundary_sampling.cu")
+CUDA_SOURCES = ("perlin.cu", "boundary_sampling.cu", "voxelize.cu")
 
 
 def _build_dir() -> Path:

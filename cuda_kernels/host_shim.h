@@ -18,6 +18,9 @@ static const shapeqc_dim3 blockDim = {1, 1, 1};
 static const shapeqc_dim3 gridDim = {1, 1, 1};
 
 using std::floor;
+using std::ceil;
+using std::fmin;
+using std::fmax;
 using std::fmod;
 inline float floorf(float v) { return std::floor(v); }
 inline float fmodf(float a, float b) { return std::fmod(a, b); }
