@@ -3,6 +3,7 @@
 Import flow: shapeqc -> transforms -> cuda_kernels. See README.md ("Grid convention") for axes and units.
 """
 
+from transforms.boundary_samples import BoundarySampled
 from transforms.canonical_grid import (
     CanonicalGrid,
     grid_to_source,
@@ -12,6 +13,7 @@ from transforms.canonical_grid import (
 )
 from transforms.class_maps import class_map, detect_map_version, organ_side
 from transforms.coordinates import grid_coords_to_voxel, voxel_to_grid_coords, voxel_to_world
+from transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond, organ_box
 from transforms.errors import (
     AffineMismatchError,
     EmptyMaskError,
@@ -31,6 +33,10 @@ from transforms.packing import PackedMask, PackGridd, UnpackGridd, pack_mask, un
 
 __all__ = [
     "AffineMismatchError",
+    "BoundarySampled",
+    "RandPatchCorruptiond",
+    "RandPerlinCorruptiond",
+    "organ_box",
     "CanonicalGrid",
     "CanonicalGridToSourced",
     "CheckOrganMaskd",

@@ -15,6 +15,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils import ensure_tuple
 
 from cuda_kernels import perlin3d
 
@@ -29,6 +30,25 @@ def organ_box(grid: np.ndarray, grow: int = 0) -> tuple[slice, slice, slice] | N
     return tuple(slice(int(a), int(b)) for a, b in zip(lower, upper, strict=True))
 
 
+def stable_seed(text: str, base_seed: int = 0) -> int:
+    """A 32-bit seed from a string (case id) that is the same in every process and Python run."""
+    import zlib
+
+    return (zlib.crc32(str(text).encode()) ^ (base_seed * 2654435761)) & 0xFFFFFFFF
+
+
+class _ItemSeeded:
+    """Mixin: with ``seed_key`` set, each call reseeds ``self.R`` from ``data[seed_key]`` (e.g. the case id), so a
+    validation or calibration set gets the same corruption of each case in every epoch and every process."""
+
+    seed_key: str | None = None
+    base_seed: int = 0
+
+    def _reseed_from(self, data: Mapping) -> None:
+        if self.seed_key is not None:
+            self.set_random_state(seed=stable_seed(data[self.seed_key], self.base_seed))
+
+
 def _as_volume(value) -> tuple[np.ndarray, bool]:
     array = np.asarray(value)
     if array.ndim == 4 and array.shape[0] == 1:
@@ -36,7 +56,7 @@ def _as_volume(value) -> tuple[np.ndarray, bool]:
     return array, False
 
 
-class RandPerlinCorruptiond(RandomizableTransform, MapTransform):
+class RandPerlinCorruptiond(_ItemSeeded, RandomizableTransform, MapTransform):
     """Add and remove Perlin-noise blobs near the organ (see module doc); writes the result to ``output_keys``.
 
     Args:
@@ -47,6 +67,7 @@ class RandPerlinCorruptiond(RandomizableTransform, MapTransform):
         add_margin, remove_margin: box growth in voxels for adding and removing.
         threshold_range: blob threshold on the normalized noise, drawn uniformly.
         cells_per_side: noise lattice cells along each box side.
+        seed_key: if given, reseed from ``data[seed_key]`` (plus ``base_seed``) on every call: fixed corruptions.
     """
 
     def __init__(
@@ -60,11 +81,14 @@ class RandPerlinCorruptiond(RandomizableTransform, MapTransform):
         remove_margin: int = 2,
         threshold_range: tuple[float, float] = (0.65, 1.0),
         cells_per_side: float = 3.0,
+        seed_key: str | None = None,
+        base_seed: int = 0,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.output_keys = self.keys if output_keys is None else tuple(np.atleast_1d(output_keys).tolist())
+        self.seed_key, self.base_seed = seed_key, base_seed
+        self.output_keys = self.keys if output_keys is None else ensure_tuple(output_keys)
         if len(self.output_keys) != len(self.keys):
             raise ValueError("output_keys must match keys one to one")
         self.add_prob, self.remove_prob = add_prob, remove_prob
@@ -101,6 +125,7 @@ class RandPerlinCorruptiond(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, np.ndarray]) -> dict:
         d = dict(data)
+        self._reseed_from(d)
         self.randomize(None)
         for key, out_key in self.key_iterator(d, self.output_keys):
             volume, channel = _as_volume(d[key])
@@ -109,7 +134,7 @@ class RandPerlinCorruptiond(RandomizableTransform, MapTransform):
         return d
 
 
-class RandPatchCorruptiond(RandomizableTransform, MapTransform):
+class RandPatchCorruptiond(_ItemSeeded, RandomizableTransform, MapTransform):
     """Add (fill) or delete (empty) one random cube inside the organ's box.
 
     Args:
@@ -118,6 +143,7 @@ class RandPatchCorruptiond(RandomizableTransform, MapTransform):
         prob: probability of applying.
         size_range: cube side as a fraction of the box's smallest side, drawn uniformly.
         add_fraction: probability that the cube is added rather than deleted.
+        seed_key: if given, reseed from ``data[seed_key]`` (plus ``base_seed``) on every call: fixed corruptions.
     """
 
     def __init__(
@@ -126,10 +152,13 @@ class RandPatchCorruptiond(RandomizableTransform, MapTransform):
         prob: float = 0.5,
         size_range: tuple[float, float] = (0.2, 0.5),
         add_fraction: float = 0.5,
+        seed_key: str | None = None,
+        base_seed: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
+        self.seed_key, self.base_seed = seed_key, base_seed
         self.size_range = size_range
         self.add_fraction = add_fraction
 
@@ -147,6 +176,7 @@ class RandPatchCorruptiond(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, np.ndarray]) -> dict:
         d = dict(data)
+        self._reseed_from(d)
         self.randomize(None)
         if not self._do_transform:
             return d

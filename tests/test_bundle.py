@@ -1,0 +1,98 @@
+"""The adrenal gland bundle run for real through `python -m monai.bundle` (tiny preset, a few real masks)."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from shapeqc.bundle_metadata import check_bundle_metadata, metadata_problems
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adrenal_gland"
+TINY = ["--grid_size", "32", "--channels", "[4,8,8]", "--hidden", "16", "--num_points", "256", "--num_workers", "0"]
+
+
+def bundle_command(bundle_root: Path, *args: str) -> list[str]:
+    configs = bundle_root / "configs"
+    return [sys.executable, "-m", "monai.bundle", *args, "--bundle_root", str(bundle_root),
+            "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf")]
+
+
+def run(command: list[str]) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def trained_copy(tmp_path_factory, adrenal_npz) -> tuple[Path, str]:
+    """A copy of the bundle (configs only) trained for 2 iterations on 8 real masks."""
+    root = tmp_path_factory.mktemp("bundle") / "adrenal_gland"
+    shutil.copytree(BUNDLE / "configs", root / "configs")
+    shared_data = adrenal_npz.parents[1]
+    output = run(bundle_command(root, "run", "training") + [
+        "--config_file", str(root / "configs" / "train.yaml"), "--dataset_dir", str(shared_data),
+        "--epochs", "1", "--train_limit", "8", "--val_limit", "1", *TINY])
+    return root, output
+
+
+def test_two_iteration_training_run_writes_a_checkpoint(trained_copy):
+    root, output = trained_copy
+    losses = [float(v) for v in re.findall(r"train_loss: ([0-9.eE+-]+|nan|inf)", output)]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert "val_mean_dice" in output
+    assert (root / "models" / "model.pt").exists()
+    assert list((root / "models").glob("checkpoint_epoch=1.pt"))
+
+
+def test_training_resumes_from_a_trainer_checkpoint(trained_copy, adrenal_npz):
+    root, _ = trained_copy
+    checkpoint = next((root / "models").glob("checkpoint_epoch=1.pt"))
+    output = run(bundle_command(root, "run", "training") + [
+        "--config_file", str(root / "configs" / "train.yaml"), "--dataset_dir", str(adrenal_npz.parents[1]),
+        "--epochs", "2", "--train_limit", "8", "--val_limit", "1", "--resume_from", str(checkpoint), *TINY])
+    assert "Epoch: 2/2" in output and "Epoch: 1/2" not in output
+
+
+def test_ckpt_export_gives_the_eager_logits(trained_copy):
+    root, _ = trained_copy
+    exported = root / "models" / "model.ts"
+    run(bundle_command(root, "ckpt_export", "network_def") + [
+        "--config_file", str(root / "configs" / "train.yaml"), "--filepath", str(exported),
+        "--ckpt_file", str(root / "models" / "model.pt"), *TINY[:6]])
+    scripted = torch.jit.load(str(exported))
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.yaml"))
+    parser.update({"grid_size": 32, "channels": [4, 8, 8], "hidden": 16})
+    eager = parser.get_parsed_content("network_def")
+    eager.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
+    eager.eval()
+    scripted.eval()
+    generator = torch.Generator().manual_seed(0)
+    grid = (torch.rand(2, 1, 32, 32, 32, generator=generator) > 0.6).float()
+    points = torch.rand(2, 500, 3, generator=generator) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(grid, points), eager(grid, points))
+
+
+def test_shipped_metadata_is_complete():
+    metadata = check_bundle_metadata(BUNDLE)
+    assert set(metadata["organs"]) == {"adrenal_gland_left", "adrenal_gland_right"}
+    assert metadata["canonical_grid"]["grid_size"] == ConfigParser.load_config_file(
+        str(BUNDLE / "configs" / "train.yaml"))["grid_size"]
+
+
+def test_metadata_check_catches_missing_fields():
+    problems = metadata_problems({"version": "1.0", "network_data_format": {"inputs": {"image": {"type": "image"}}}})
+    assert "missing key 'task'" in problems
+    assert any("inputs.image lacks 'dtype'" in p for p in problems)
+    assert "network_data_format has no outputs" in problems
+    assert "changelog has no entry for version 1.0" in problems
