@@ -5,6 +5,7 @@ Sub-commands so far:
   split them deterministically and write a MONAI datalist JSON.
 - ``shapeqc grid``: bring one organ to its canonical grid and write it as NIfTI (with its grid_to_world), plus
   the grid mapped back to the input space.
+- ``shapeqc new-bundle``: write a complete, trainable (untrained) bundle for a TotalSegmentator organ.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_bundle(args: argparse.Namespace) -> int:
+    from shapeqc.bundles import new_bundle
+
+    template = Path(args.from_bundle)
+    if not template.is_dir():
+        template = Path("bundles") / args.from_bundle
+    out = new_bundle(args.organ, args.out or Path("bundles") / args.organ, template, spacing_mm=args.spacing,
+                     grid_size=args.size, preset=args.preset)
+    print(f"wrote untrained bundle {out} (see {out}/docs/README.md to train it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shapeqc", description="Shape-prior QC of organ segmentations")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--allow-truncated", action="store_true", help="accept organs touching the border")
     grid.add_argument("--out", required=True, help="output folder")
     grid.set_defaults(run=_grid)
+
+    bundle = commands.add_parser("new-bundle", help="write a trainable bundle for a TotalSegmentator organ")
+    bundle.add_argument("--organ", required=True, help="TotalSegmentator organ name, e.g. kidney_left")
+    bundle.add_argument("--from", dest="from_bundle", default="adrenal_gland",
+                        help="template bundle folder, or a name under bundles/ (default adrenal_gland)")
+    bundle.add_argument("--out", type=Path, default=None, help="new bundle folder (default bundles/<organ>)")
+    bundle.add_argument("--spacing", type=float, default=1.5, help="grid spacing in mm (research pipeline: 1.5)")
+    bundle.add_argument("--size", type=int, default=128, help="grid size R (research pipeline: 128)")
+    bundle.add_argument("--preset", default="research", help="network preset (research, cpu_small, tiny)")
+    bundle.set_defaults(run=_new_bundle)
     return parser
 
 

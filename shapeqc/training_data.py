@@ -43,3 +43,24 @@ def adrenalmnist3d_split(dataset_dir: str, split: str, limit: int | None = None)
     items = list(adrenalmnist3d_items(npz, arrays=(f"{split}_images",)))
     usable, _ = judged_items(items)
     return usable[:limit] if limit else usable
+
+
+def datalist_split(datalist_file: str, split: str, limit: int | None = None, check_border: bool = True) -> list[dict]:
+    """Usable items of one split ("training", "validation", "test") of a MONAI datalist JSON written by
+    ``shapeqc datalist``; relative paths are taken relative to the JSON's folder."""
+    from monai.data import load_decathlon_datalist
+
+    items = load_decathlon_datalist(datalist_file, data_list_key=split, base_dir=str(Path(datalist_file).parent))
+    for item in items:
+        mask = Path(str(item["mask"]))
+        if not mask.is_absolute():
+            item["mask"] = str(Path(datalist_file).parent / mask)
+    usable, _ = judged_items(items, check_border=check_border)
+    return usable[:limit] if limit else usable
+
+
+def file_items(paths: list[str], organ: str | None = None) -> list[dict]:
+    """Datalist items for segmentation files or TotalSegmentator folders; case id = name without suffix."""
+    from transforms.volume_io import strip_nifti_suffix
+
+    return [{"case_id": strip_nifti_suffix(Path(path).name), "mask": str(path), "organ": organ} for path in paths]

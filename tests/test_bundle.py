@@ -96,3 +96,74 @@ def test_metadata_check_catches_missing_fields():
     assert any("inputs.image lacks 'dtype'" in p for p in problems)
     assert "network_data_format has no outputs" in problems
     assert "changelog has no entry for version 1.0" in problems
+
+
+def test_two_process_distributed_training_on_cpu(tmp_path, adrenal_npz):
+    root = tmp_path / "adrenal_gland"
+    shutil.copytree(BUNDLE / "configs", root / "configs")
+    configs = root / "configs"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+                "--tee", "3"]
+    command = torchrun + ["-m", "monai.bundle", "run", "training", "--bundle_root", str(root),
+                          "--meta_file", str(configs / "metadata.json"),
+                          "--logging_file", str(configs / "logging.conf"),
+                          "--config_file", f"['{configs / 'train.yaml'}','{configs / 'multi_gpu_train.yaml'}']",
+                          "--dataset_dir", str(adrenal_npz.parents[1]), "--epochs", "1", "--train_limit", "8",
+                          "--val_limit", "2", *TINY]
+    output = run(command)
+    for rank in (0, 1):  # both ranks trained and validated
+        assert re.search(rf"\[default{rank}\]:.*SupervisedTrainer - INFO - Engine run finished", output)
+        assert re.search(rf"\[default{rank}\]:.*SupervisedEvaluator - INFO - Engine run finished", output)
+    assert "[default0]:" in output and "train_loss" in output
+    assert not re.search(r"\[default1\]:.*train_loss", output)  # only rank 0 logs
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(key.startswith("module.") for key in state)  # saved unwrapped: loads into the plain IF-Net
+
+
+def test_new_bundle_is_complete_trainable_and_refused_until_trained(tmp_path, adrenal_npz):
+    from shapeqc import cli
+    from shapeqc.bundles import UntrainedBundleError, trained_bundle
+
+    out = tmp_path / "kidney_left"
+    assert cli.main(["new-bundle", "--organ", "kidney_left", "--from", str(BUNDLE), "--out", str(out),
+                     "--size", "32", "--preset", "tiny"]) == 0
+    metadata = check_bundle_metadata(out)
+    assert metadata["organs"] == ["kidney_left", "kidney_right"] and metadata["trained"] is False
+    assert metadata["canonical_grid"]["grid_size"] == 32
+    with pytest.raises(UntrainedBundleError, match="not trained"):
+        trained_bundle(out)
+    with pytest.raises(ValueError, match="not a TotalSegmentator organ"):
+        cli.main(["new-bundle", "--organ", "kidney_middle", "--from", str(BUNDLE), "--out", str(tmp_path / "x")])
+
+    # trainable as generated: a datalist from `shapeqc datalist` (real masks stand in for kidneys here)
+    data = tmp_path / "data"
+    assert cli.main(["datalist", str(adrenal_npz), "--out", str(data / "datalist.json"), "--val", "0.01"]) == 0
+    output = run(bundle_command(out, "run", "training") + [
+        "--config_file", str(out / "configs" / "train.yaml"), "--dataset_dir", str(data), "--epochs", "1",
+        "--train_limit", "8", "--val_limit", "1", "--num_points", "256", "--num_workers", "0"])
+    assert len(re.findall(r"train_loss: [0-9.]+", output)) == 2
+    assert (out / "models" / "model.pt").exists()
+
+
+def test_evaluating_and_inference_configs_run_on_the_trained_copy(trained_copy, adrenal_npz, tmp_path):
+    import nibabel as nib
+
+    root, _ = trained_copy
+    configs = root / "configs"
+    output = run(bundle_command(root, "run", "evaluating") + [
+        "--config_file", f"['{configs / 'train.yaml'}','{configs / 'evaluate.yaml'}']",
+        "--dataset_dir", str(adrenal_npz.parents[1]), "--val_limit", "2", *TINY])
+    assert "val_mean_dice" in output
+    raw = (root / "runs" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert raw[1].startswith("adrenalmnist3d_val_0000,") and len(raw) == 3
+
+    segmentation = adrenal_npz.parents[1] / "totalsegmentator_example" / "v2_multilabel_seg.nii.gz"
+    run(bundle_command(root, "run", "inference") + [
+        "--config_file", f"['{configs / 'train.yaml'}','{configs / 'inference.yaml'}']",
+        "--input_files", f"['{segmentation}']", "--organ", "adrenal_gland_left", "--output_dir", str(tmp_path),
+        *TINY])
+    written = nib.load(str(tmp_path / "v2_multilabel_seg_reconstruction.nii.gz"))
+    source = nib.load(str(segmentation))
+    assert written.shape == source.shape
+    assert (written.affine == source.affine).all()

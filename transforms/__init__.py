@@ -30,6 +30,7 @@ from transforms.errors import (
 from transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
 from transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd, check_organ_mask, load_organ_mask
 from transforms.packing import PackedMask, PackGridd, UnpackGridd, pack_mask, unpack_mask
+from transforms.writers import SaveSourceSpaced
 
 __all__ = [
     "AffineMismatchError",
@@ -49,6 +50,7 @@ __all__ = [
     "NotVolumeError",
     "PackGridd",
     "PackedMask",
+    "SaveSourceSpaced",
     "SegmentationInputError",
     "ToCanonicalGridd",
     "TruncatedOrganError",
