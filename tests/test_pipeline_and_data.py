@@ -125,3 +125,17 @@ def test_totalsegmentator_tree_and_nifti_folder_readers(tmp_path, totalseg):
 
     folder = list(nifti_folder_items(totalseg / "v1_per_organ"))
     assert len(folder) == 104 and folder[0]["case_id"] == "adrenal_gland_left"
+
+
+def test_persistent_dataset_keeps_packed_grids_on_disk(tmp_path, adrenal_npz):
+    from monai.data import PersistentDataset
+
+    items = list(adrenalmnist3d_items(adrenal_npz, arrays=("val_images",)))[:3]
+    dataset = PersistentDataset(items, transform=_pipeline(grid_size=128), cache_dir=tmp_path / "cache")
+    first = dataset[0]["mask"]
+    files = list((tmp_path / "cache").glob("*.pt"))
+    assert len(files) == 1
+    # a 128^3 grid is 2 MiB as uint8: the cached item holds the 256 KiB packed form
+    assert files[0].stat().st_size < 128**3 // 8 + 64 * 1024
+    np.testing.assert_array_equal(PersistentDataset(items, transform=_pipeline(grid_size=128),
+                                                    cache_dir=tmp_path / "cache")[0]["mask"], first)
