@@ -81,6 +81,45 @@ def _new_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyse(args: argparse.Namespace) -> int:
+    from shapeqc.analysis import load_bundle
+    from shapeqc.batch import run_batch
+
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = list(args.bundle or [])
+    for folder in args.bundles or []:
+        paths += sorted(str(p.parent.parent) for p in Path(folder).glob("*/configs/metadata.json"))
+    if not paths:
+        raise SystemExit("shapeqc analyse: give --bundle DIR (repeatable) or --bundles FOLDER")
+    bundles = [load_bundle(path, device) for path in paths]  # each loaded once for the whole batch
+    print(f"shapeqc analyse on {device}: {len(bundles)} bundle(s)", file=sys.stderr)
+    records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
+                        map_version=args.map_version)
+    counts = {}
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    print(json.dumps({"records": len(records), **counts, "report": str(Path(args.output) / "report.html")}))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from shapeqc.calibration import calibrate
+    from shapeqc.training_data import adrenalmnist3d_split, datalist_split
+
+    if args.data.endswith(".json"):
+        items = datalist_split(args.data, args.split, args.limit)
+    else:
+        items = adrenalmnist3d_split(args.data, "val", args.limit)
+    report = calibrate(args.bundle, items, target_fpr=args.fpr, data_description=f"{args.data} ({len(items)} "
+                       "clean cases)")
+    print(json.dumps({"thresholds": report["thresholds"]["metrics"], "families": report["families"]}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shapeqc", description="Shape-prior QC of organ segmentations")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--size", type=int, default=128, help="grid size R (research pipeline: 128)")
     bundle.add_argument("--preset", default="research", help="network preset (research, cpu_small, tiny)")
     bundle.set_defaults(run=_new_bundle)
+
+    analyse = commands.add_parser("analyse", help="reconstruct, score and flag organs; write reports")
+    analyse.add_argument("inputs", nargs="+", help="NIfTI files, folders (recursive), TotalSegmentator trees")
+    analyse.add_argument("--bundle", action="append", help="trained bundle folder (repeatable)")
+    analyse.add_argument("--bundles", action="append", help="folder of bundle folders")
+    analyse.add_argument("--output", required=True, help="output folder")
+    analyse.add_argument("--organ", default=None, help="organ name when a bundle covers several")
+    analyse.add_argument("--map-version", default="auto", choices=("auto", "v1", "v2"))
+    analyse.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    analyse.add_argument("--resume", action="store_true", help="skip records already complete in OUTPUT")
+    analyse.set_defaults(run=_analyse)
+
+    calibrate = commands.add_parser("calibrate", help="set a bundle's outlier thresholds on clean data")
+    calibrate.add_argument("--bundle", required=True)
+    calibrate.add_argument("--data", required=True, help="datalist JSON, or the folder holding adrenalmnist3d/")
+    calibrate.add_argument("--split", default="validation", help="datalist split of clean cases")
+    calibrate.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on clean cases")
+    calibrate.add_argument("--limit", type=int, default=None)
+    calibrate.set_defaults(run=_calibrate)
     return parser
 
 

@@ -1,0 +1,113 @@
+"""Batch analysis: find the cases, analyse every organ each bundle covers, keep going, never lose results.
+
+Inputs may be NIfTI files, folders searched recursively for NIfTI files, or TotalSegmentator output trees (a
+folder of per-organ ``<organ>.nii.gz`` files counts as one case). For each case and each organ of each bundle:
+- a binary mask is the bundle's organ (``organ`` picks one when a bundle covers several);
+- a multi-label map or a TotalSegmentator folder is searched for every organ the bundle covers; organs absent
+  from a multi-label map are skipped (a TotalSegmentator map lists far more organs than any case holds).
+Every record is appended to ``records.jsonl`` as soon as it is finished (one line each, flushed), so an
+interrupted run loses nothing finished and ``resume`` skips what is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shapeqc.analysis import Bundle, analyse_organ
+from shapeqc.reports import write_reports
+from transforms.class_maps import class_map
+from transforms.errors import SegmentationInputError
+from transforms.volume_io import is_nifti_path, read_label_names, read_volume, strip_nifti_suffix
+
+
+def discover_cases(inputs: list[str]) -> list[tuple[str, str]]:
+    """(case id, path) for every input file or TotalSegmentator folder, in a stable order."""
+    cases = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            direct = [p for p in path.iterdir() if p.is_file() and is_nifti_path(p)]
+            known = set(class_map("v1").values()) | set(class_map("v2").values())
+            if direct and sum(strip_nifti_suffix(p.name) in known for p in direct) >= max(1, len(direct) // 2):
+                cases.append((path.name, str(path)))  # a TotalSegmentator per-organ folder
+                continue
+            for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+                cases += discover_cases([str(sub)])
+            cases += [(strip_nifti_suffix(p.name), str(p)) for p in sorted(direct)]
+        else:
+            cases.append((strip_nifti_suffix(path.name), str(path)))
+    return cases
+
+
+def organs_for(path: str, bundle: Bundle, organ: str | None) -> list[str | None]:
+    """Which organs of ``bundle`` to analyse in ``path`` (see the module doc)."""
+    wanted = [organ] if organ else bundle.organs
+    source = Path(path)
+    if source.is_dir():
+        return [o for o in wanted if (source / f"{o}.nii.gz").exists() or (source / f"{o}.nii").exists()]
+    try:
+        volume, affine = read_volume(source)
+    except SegmentationInputError:
+        return [organ or (bundle.organs[0] if bundle.organs else None)]  # the record will carry the error
+    values = np.unique(volume)
+    if np.all(np.isin(values, (0, 1))) and read_label_names(source) is None:
+        return [organ or (bundle.organs[0] if bundle.organs else None)]
+    from transforms.class_maps import detect_map_version
+
+    names = read_label_names(source) or class_map(detect_map_version(volume.astype(int), affine))
+    present = {names[int(v)] for v in values if int(v) in names}
+    return [o for o in wanted if o in present]
+
+
+def _load_done(journal: Path) -> dict:
+    done = {}
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that record is redone
+            done[(record["case"], record["organ"], record["bundle"])] = record
+    return done
+
+
+def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
+              resume: bool = False, map_version: str = "auto", progress: bool = True,
+              shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """Analyse everything; write per-organ outputs, ``records.jsonl`` and the report files; return records."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = shard
+    journal = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
+    done = _load_done(journal) if resume else {}
+    if not resume and journal.exists():
+        journal.unlink()
+    cases = discover_cases(inputs)[rank::world]
+    records = list(done.values())
+    started, finished = time.perf_counter(), 0
+    with journal.open("a") as log:
+        for index, (case, path) in enumerate(cases):
+            for bundle in bundles:
+                for target in organs_for(path, bundle, organ):
+                    key = (case, target, bundle.name)
+                    if key in done:
+                        continue
+                    record = analyse_organ(path, target, bundle, out_dir / case / str(target or bundle.name), case,
+                                           map_version=map_version)
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    records.append(record)
+            finished += 1
+            if progress:
+                rate = finished / max(time.perf_counter() - started, 1e-9)
+                print(f"\r[{index + 1}/{len(cases)}] {rate:.2f} cases/s", end="", flush=True)
+    if progress:
+        print()
+    if world == 1:
+        write_reports(records, out_dir)
+    return records

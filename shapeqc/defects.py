@@ -1,0 +1,62 @@
+"""Where a segmentation and its reconstruction disagree: the difference map and its defect components."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+OVER = 1  # in the segmentation, not in the reconstruction: suspected over-segmentation
+UNDER = 2  # in the reconstruction, not in the segmentation: suspected under-segmentation
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One connected region of disagreement, in the input's voxel space.
+
+    ``centroid_mm`` is in scanner mm (RAS+); ``bbox`` is ((i0, j0, k0), (i1, j1, k1)) voxel indices, inclusive.
+    """
+
+    kind: str
+    voxels: int
+    volume_ml: float
+    centroid_mm: tuple[float, float, float]
+    bbox: tuple[tuple[int, int, int], tuple[int, int, int]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def difference_map(segmentation: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
+    """uint8 map: 1 (OVER) where only the segmentation has the organ, 2 (UNDER) where only the reconstruction."""
+    segmentation = np.asarray(segmentation, dtype=bool)
+    reconstruction = np.asarray(reconstruction, dtype=bool)
+    out = np.zeros(segmentation.shape, dtype=np.uint8)
+    out[segmentation & ~reconstruction] = OVER
+    out[reconstruction & ~segmentation] = UNDER
+    return out
+
+
+def defect_components(difference: np.ndarray, affine: np.ndarray, min_volume_ml: float = 0.01) -> list[Defect]:
+    """Connected components (26-connectivity) of each kind at least ``min_volume_ml`` large, largest first."""
+    affine = np.asarray(affine, dtype=np.float64)
+    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
+    defects = []
+    for code, kind in ((OVER, "over"), (UNDER, "under")):
+        labels, count = ndimage.label(difference == code, structure=np.ones((3, 3, 3)))
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        slices = ndimage.find_objects(labels)
+        centroids = ndimage.center_of_mass(np.ones_like(labels), labels, range(1, count + 1))
+        for index in range(count):
+            volume = float(sizes[index] * voxel_ml)
+            if volume < min_volume_ml:
+                continue
+            centre = affine[:3, :3] @ np.asarray(centroids[index]) + affine[:3, 3]
+            box = slices[index]
+            defects.append(Defect(kind=kind, voxels=int(sizes[index]), volume_ml=round(volume, 4),
+                                  centroid_mm=tuple(round(float(c), 2) for c in centre),
+                                  bbox=(tuple(int(s.start) for s in box), tuple(int(s.stop) - 1 for s in box))))
+    return sorted(defects, key=lambda d: -d.voxels)
