@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from shapeqc.analysis import Bundle, analyse_organ
-from shapeqc.reports import write_reports
+from shapeqc.reports import write_atomic, write_reports
 from transforms.class_maps import class_map
 from transforms.errors import SegmentationInputError
 from transforms.volume_io import is_nifti_path, read_label_names, read_volume, strip_nifti_suffix
@@ -85,8 +85,8 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
     rank, world = shard
     journal = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
     done = _load_done(journal) if resume else {}
-    if not resume and journal.exists():
-        journal.unlink()
+    # start the journal afresh with the complete records only: a line cut by a kill must not swallow the next
+    write_atomic(journal, "".join(json.dumps(record) + "\n" for record in done.values()))
     cases = discover_cases(inputs)[rank::world]
     records = list(done.values())
     started, finished = time.perf_counter(), 0
