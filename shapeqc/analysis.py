@@ -66,8 +66,26 @@ def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> Bundle:
                   organs=list(metadata.get("organs", [])))
 
 
+def select_profile(thresholds: dict | None, spacing_mm) -> dict | None:
+    """The calibration profile (``{"spacing_mm", "metrics", ...}``) nearest to an input's spacing.
+
+    Distance: the largest |log ratio| over the sorted spacings; a profile "as given" (spacing None) stands for
+    the calibration data's own spacing, taken as 1 mm isotropic.
+    """
+    if not thresholds:
+        return None
+    profiles = thresholds.get("profiles") or [thresholds]
+    target = np.sort(np.asarray(spacing_mm, dtype=float))
+
+    def distance(profile):
+        reference = np.sort(np.asarray(profile.get("spacing_mm") or (1.0, 1.0, 1.0), dtype=float))
+        return float(np.max(np.abs(np.log(target / reference))))
+
+    return min(profiles, key=distance)
+
+
 def decide(scores: dict, thresholds: dict | None) -> tuple[bool | None, list[str]]:
-    """(outlier?, metrics past their threshold) given ``thresholds["metrics"][m] = {threshold, enabled}``."""
+    """(outlier?, metrics past their threshold) given a profile ``{"metrics": {m: {threshold, enabled}}}``."""
     if not thresholds:
         return None, []
     past = []
@@ -106,7 +124,7 @@ def analyse_organ(source: str, organ: str | None, bundle: Bundle, out_dir: str |
     started = time.perf_counter()
     timings: dict = {}
     record = {"case": case, "input": str(source), "organ": organ, "bundle": bundle.name, "status": None,
-              "reason": None, "outlier": None, "scores": None, "thresholds": bundle.thresholds,
+              "reason": None, "outlier": None, "scores": None, "thresholds": None,
               "defects": [], "outputs": {}, "timings": timings, "seconds": None}
     try:
         start = time.perf_counter()
@@ -120,8 +138,9 @@ def analyse_organ(source: str, organ: str | None, bundle: Bundle, out_dir: str |
         difference = difference_map(mask, reconstruction)
         defects = defect_components(difference, affine, min_defect_ml)
         timings["metrics"] = time.perf_counter() - start
-        outlier, past = decide(scores, bundle.thresholds)
-        record.update(scores=scores, outlier=outlier, defects=[d.to_dict() for d in defects],
+        profile = select_profile(bundle.thresholds, spacing)
+        outlier, past = decide(scores, profile)
+        record.update(scores=scores, outlier=outlier, thresholds=profile, defects=[d.to_dict() for d in defects],
                       status="not_judged" if outlier is None else "outlier" if outlier else "ok",
                       reason=("uncalibrated: the bundle has no configs/thresholds.json" if outlier is None
                               else ", ".join(f"{m} past threshold" for m in past) or None))

@@ -1,5 +1,10 @@
 """Calibration of a bundle's outlier thresholds on clean validation masks and synthetic corruptions of them.
 
+Thresholds are kept per acquisition profile (the voxel spacing the clean cases were scored at, or "as given"):
+re-slicing to a coarser or anisotropic grid costs a clean organ some Dice in the round trip through the
+canonical grid, so a threshold set on 1 mm masks would flag clean 2.5 mm CT segmentations. Analysis uses the
+profile whose spacing is nearest to the input's.
+
 Each threshold sits at a target false-positive rate on the clean cases (default 5%, the research pipeline's
 choice): the ``fpr`` quantile of clean Dice (an organ is an outlier below it) and the ``1 - fpr`` quantile of
 each surface distance (outlier above it). Dice alone is enabled by default, as the research found it separated
@@ -17,8 +22,9 @@ import numpy as np
 
 from shapeqc.analysis import METRICS, WORSE_WHEN, Bundle, load_bundle, reconstruct_in_source
 from shapeqc.surface_metrics import shape_scores
-from transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond
+from transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond, stable_seed
 from transforms.organ_loading import load_organ_mask
+from transforms.reslice import reslice_mask
 
 
 def corruption_families() -> dict:
@@ -51,10 +57,23 @@ def score_case(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str)
     return shape_scores(mask, reconstruction, spacing).to_dict()
 
 
+def acquisition(mask: np.ndarray, affine: np.ndarray, spacing_mm, case_id: str):
+    """The mask as acquired at ``spacing_mm`` with a tilt seeded by the case id (None: as given)."""
+    if spacing_mm is None:
+        return mask, affine
+    rng = np.random.default_rng(stable_seed(case_id, 7))
+    return reslice_mask(mask, affine, tuple(spacing_mm), tuple(rng.uniform(-20, 20, 3)))
+
+
 def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, organ: str | None = None,
-              data_description: str = "", write: bool = True, device: str = "cpu") -> dict:
-    """Score clean ``items`` and their corruptions, set thresholds, write ``configs/thresholds.json`` and
-    ``docs/calibration.json`` + ``docs/calibration_roc.png``; return the calibration report."""
+              data_description: str = "", write: bool = True, device: str = "cpu",
+              spacing_mm: tuple[float, float, float] | None = None) -> dict:
+    """Score clean ``items`` and their corruptions, set thresholds; with ``write``, store them as the profile for
+    this acquisition spacing in ``configs/thresholds.json`` and write ``docs/calibration*.json`` + ROC PNG.
+
+    ``spacing_mm``: re-slice every case to this spacing (with a seeded tilt) before scoring, so the thresholds
+    include the resampling loss of inputs acquired that way; None scores the masks as given.
+    """
     bundle = load_bundle(bundle_dir, device)
     organ = organ or (bundle.organs[0] if bundle.organs else "")
     families = corruption_families()
@@ -64,6 +83,8 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     for item in items:
         mask, affine, _ = load_organ_mask(item["mask"], organ=item.get("organ"), affine=item.get("affine"),
                                           npz_array=item.get("npz_array"), npz_index=item.get("npz_index"))
+        mask, affine = acquisition(mask, affine, spacing_mm, item["case_id"])
+        mask = mask.astype(bool)
         clean_scores.append(score_case(bundle, mask, affine, organ))
         for name, corrupt in families.items():
             corrupted = corrupt({"mask": mask.astype(np.uint8), "case_id": item["case_id"]})["mask"] > 0
@@ -88,18 +109,26 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
                 "detection_rate": float(detected.mean()),
                 "auroc": auroc(badness(metric, values), badness(metric, clean)),
             }
-    thresholds = {"metrics": metrics, "target_fpr": target_fpr, "clean_cases": len(clean_scores),
-                  "data": data_description, "date": date.today().isoformat(), "bundle_version":
-                  bundle.metadata.get("version")}
-    report = {"thresholds": thresholds, "families": families_report, "seconds": round(time.perf_counter() - start, 1),
+    profile = {"spacing_mm": None if spacing_mm is None else [float(v) for v in spacing_mm], "metrics": metrics,
+               "target_fpr": target_fpr, "clean_cases": len(clean_scores), "data": data_description,
+               "date": date.today().isoformat(), "bundle_version": bundle.metadata.get("version")}
+    report = {"thresholds": profile, "families": families_report, "seconds": round(time.perf_counter() - start, 1),
               "clean_scores": clean_scores, "family_scores": family_scores}
     if write:
         bundle_dir = Path(bundle_dir)
-        (bundle_dir / "configs" / "thresholds.json").write_text(json.dumps(thresholds, indent=1) + "\n")
+        path = bundle_dir / "configs" / "thresholds.json"
+        existing = json.loads(path.read_text()).get("profiles", []) if path.exists() else []
+        profiles = [p for p in existing if p.get("spacing_mm") != profile["spacing_mm"]] + [profile]
+        path.write_text(json.dumps({"profiles": profiles}, indent=1) + "\n")
         (bundle_dir / "docs").mkdir(exist_ok=True)
-        (bundle_dir / "docs" / "calibration.json").write_text(json.dumps(report, indent=1) + "\n")
-        plot_roc(report, bundle_dir / "docs" / "calibration_roc.png")
+        tag = profile_tag(profile["spacing_mm"])
+        (bundle_dir / "docs" / f"calibration_{tag}.json").write_text(json.dumps(report, indent=1) + "\n")
+        plot_roc(report, bundle_dir / "docs" / f"calibration_roc_{tag}.png")
     return report
+
+
+def profile_tag(spacing_mm) -> str:
+    return "as_given" if spacing_mm is None else "x".join(f"{v:g}" for v in spacing_mm)
 
 
 def plot_roc(report: dict, out_path: Path) -> Path:

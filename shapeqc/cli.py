@@ -114,8 +114,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         items = datalist_split(args.data, args.split, args.limit)
     else:
         items = adrenalmnist3d_split(args.data, "val", args.limit)
-    report = calibrate(args.bundle, items, target_fpr=args.fpr, data_description=f"{args.data} ({len(items)} "
-                       "clean cases)")
+    spacing = tuple(float(v) for v in args.spacing.split(",")) if args.spacing else None
+    report = calibrate(args.bundle, items, target_fpr=args.fpr, spacing_mm=spacing,
+                       data_description=f"{args.data} ({len(items)} clean cases)")
     print(json.dumps({"thresholds": report["thresholds"]["metrics"], "families": report["families"]}, indent=1))
     return 0
 
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--split", default="validation", help="datalist split of clean cases")
     calibrate.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on clean cases")
     calibrate.add_argument("--limit", type=int, default=None)
+    calibrate.add_argument("--spacing", default=None,
+                           help="re-slice clean cases to this spacing first, e.g. 0.8,0.8,2.5 (a CT profile)")
     calibrate.set_defaults(run=_calibrate)
     return parser
 

@@ -1,74 +1,110 @@
-"""`make demo`: a real adrenal mask, written as a CT-like NIfTI, to the canonical grid and back.
+"""`make demo`: the real analysis on an embedded example, on a fresh clone, with no data download.
 
-What it does (the analysis itself comes with the trained bundle; this shows the data side that exists):
-1. takes one real AdrenalMNIST3D mask (1 mm) and writes it as NIfTI re-sliced to 0.8 x 0.8 x 2.5 mm with
-   tilted direction cosines, as a CT segmentation would arrive;
-2. loads it like any user input, brings it to the 128^3 canonical grid (and to a 32^3 grid, which forces a
-   zoom-out), maps each grid back to the input's voxel space, and prints spacing, zoom and round-trip Dice.
-All files go to ``--out`` (default ``out/demo``) so they can be opened in 3D Slicer over each other.
+The shipped adrenal bundle carries an example organ (``docs/example_organ.nii.gz``: the bundle's own
+reconstruction of the mean canonical adrenal shape of its training set, 1 mm). The demo writes it as a CT-like
+segmentation (0.8 x 0.8 x 2.5 mm, tilted direction cosines) plus two corrupted copies — a blob stuck onto the
+gland (over-segmentation) and a slab cut out of it (under-segmentation) — runs ``shapeqc analyse`` on the three,
+prints the summary table and the path of ``report.html``. The clean copy should come out ``ok`` and the corrupted
+ones ``outlier``, with the largest defect where the corruption was.
+
+    python -m shapeqc.demo [--out out/demo] [--bundle bundles/adrenal_gland]
+    python -m shapeqc.demo --make-example --dataset_dir ../shared/data   # (re)build the example organ
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 
-from shapeqc.metrics import dice
-from transforms.canonical_grid import CanonicalGrid
-from transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
-from transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd, read_npz_mask
-from transforms.reslice import reslice_mask
-from transforms.volume_io import write_volume
-
-DEFAULT_NPZ = Path("../shared/data/adrenalmnist3d/adrenalmnist3d_64_trainval.npz")
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adrenal_gland"
+SPACING = (0.8, 0.8, 2.5)
+ROTATION = (10.0, -15.0, 30.0)
 
 
-def find_real_mask(npz: Path | None, index: int) -> tuple[np.ndarray, str]:
-    """A real adrenal mask from the given npz, $SHAPEQC_ADRENAL_NPZ or the project's shared data."""
-    candidates = [npz, Path(os.environ["SHAPEQC_ADRENAL_NPZ"]) if "SHAPEQC_ADRENAL_NPZ" in os.environ else None,
-                  DEFAULT_NPZ]
-    for candidate in candidates:
-        if candidate is not None and candidate.exists():
-            return read_npz_mask(candidate, "val_images", index), f"{candidate} val_images[{index}]"
-    raise SystemExit(
-        "no AdrenalMNIST3D file found: pass --npz PATH or set SHAPEQC_ADRENAL_NPZ "
-        "(the demo uses real masks only; see README 'Data')"
-    )
+def make_example(bundle_dir: Path, dataset_dir: str) -> Path:
+    """Mean canonical grid of the bundle's training masks, reconstructed by the bundle, as NIfTI (1 mm)."""
+    import torch
+    from monai.transforms import Compose
+
+    from shapeqc.bundles import load_bundle_network
+    from shapeqc.reconstruction import coarse_to_fine_logits
+    from shapeqc.training_data import adrenalmnist3d_split
+    from transforms.volume_io import write_volume
+
+    network, parser = load_bundle_network(bundle_dir)
+    to_grid = Compose(parser.get_parsed_content("canonical_grid_transforms"))
+    items = adrenalmnist3d_split(dataset_dir, "train")
+    total = None
+    for item in items:
+        grid = to_grid(dict(item))["mask"][0].astype(np.float64)
+        total = grid if total is None else total + grid
+    mean_shape = (total / len(items)) >= 0.5
+    logits, _ = coarse_to_fine_logits(network, torch.from_numpy(mean_shape.astype(np.float32))[None, None])
+    example = (logits > 0).numpy()
+    return write_volume(bundle_dir / "docs" / "example_organ.nii.gz", example, np.eye(4))
+
+
+def demo_inputs(example_path: Path, out_dir: Path) -> dict[str, tuple[Path, np.ndarray | None]]:
+    """Clean, blob-added and slab-cut CT-like inputs; returns name -> (path, corruption centre in mm or None)."""
+    import nibabel as nib
+
+    from transforms.reslice import reslice_mask
+    from transforms.volume_io import write_volume
+
+    example = np.asarray(nib.load(str(example_path)).dataobj) > 0
+    clean, affine = reslice_mask(example, np.eye(4), SPACING, ROTATION, pad_voxels=6)
+    occupied = np.argwhere(clean)
+    inputs = {"clean": (write_volume(out_dir / "inputs" / "clean.nii.gz", clean, affine), None)}
+
+    blob = clean.copy()
+    top = occupied[occupied[:, 0].argmax()]  # stuck onto the gland's far end along axis 0
+    centre = top + np.array([3, 0, 0])
+    box = tuple(slice(max(int(c) - r, 0), int(c) + r + 1) for c, r in zip(centre, (4, 4, 2), strict=True))
+    blob[box] = 1
+    inputs["blob_added"] = (write_volume(out_dir / "inputs" / "blob_added.nii.gz", blob, affine),
+                            affine[:3, :3] @ centre + affine[:3, 3])
+
+    cut = clean.copy()
+    middle = occupied.mean(axis=0).round().astype(int)
+    slab = (slice(None), slice(None), slice(middle[2] - 1, middle[2] + 2))  # three 2.5 mm slices missing
+    cut[slab] = 0
+    inputs["slab_removed"] = (write_volume(out_dir / "inputs" / "slab_removed.nii.gz", cut, affine),
+                              affine[:3, :3] @ middle + affine[:3, 3])
+    return inputs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--npz", type=Path, default=None, help="AdrenalMNIST3D npz (default: ../shared/data/...)")
-    parser.add_argument("--index", type=int, default=0, help="which val mask to use")
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--make-example", action="store_true", help="rebuild the bundle's example organ")
+    parser.add_argument("--dataset_dir", default="../shared/data", help="with --make-example: training data")
     args = parser.parse_args(argv)
+    if args.make_example:
+        print(make_example(args.bundle, args.dataset_dir))
+        return 0
 
-    mask, origin = find_real_mask(args.npz, args.index)
-    spacing, rotation = (0.8, 0.8, 2.5), (10.0, -15.0, 30.0)
-    ct_like, ct_affine = reslice_mask(mask, np.eye(4), spacing, rotation)
-    input_path = write_volume(args.out / "input_adrenal_gland_left.nii.gz", ct_like, ct_affine)
-    print(f"real mask      : {origin}, {int(mask.sum())} voxels at 1 mm")
-    print(f"input written  : {input_path} shape {ct_like.shape}, spacing {spacing} mm, "
-          f"direction tilted by {rotation} deg, {int(ct_like.sum())} voxels")
+    from shapeqc.analysis import load_bundle
+    from shapeqc.batch import run_batch
 
-    load = LoadOrganMaskd("mask")
-    check = CheckOrganMaskd("mask")
-    back = CanonicalGridToSourced("mask")
-    for grid_size in (128, 32):
-        item = check(load({"case_id": "demo", "mask": str(input_path), "organ": "adrenal_gland_left"}))
-        original = item["mask"].astype(bool)
-        to_grid = ToCanonicalGridd("mask", spacing_mm=1.0, grid_size=grid_size, margin=8, mirror_side="left")
-        item = to_grid(item)
-        plan = CanonicalGrid.from_dict(item["grid"])
-        grid_path = write_volume(args.out / f"canonical_grid_{grid_size}.nii.gz", item["mask"][0], plan.grid_to_world)
-        restored = back(item)["mask"].astype(bool)
-        write_volume(args.out / f"round_trip_{grid_size}.nii.gz", restored, ct_affine)
-        print(f"grid {grid_size:>3}^3      : spacing {plan.grid_spacing_mm:.3f} mm (zoom {plan.zoom:.3f}), "
-              f"mirrored {plan.mirrored}, {int(item['mask'].sum())} voxels -> {grid_path}")
-        print(f"  round trip   : Dice {dice(original, restored):.4f} in the input's voxel space")
+    bundle = load_bundle(args.bundle)
+    inputs = demo_inputs(args.bundle / "docs" / "example_organ.nii.gz", args.out)
+    records = run_batch([str(path) for path, _ in inputs.values()], [bundle], args.out, organ="adrenal_gland_left",
+                        progress=False)
+    print(f"{'case':<14}{'status':<10}{'Dice':>7}{'ASD mm':>8}{'HD95 mm':>9}  largest defect (mm from corruption)")
+    for record in sorted(records, key=lambda r: r["case"]):
+        scores = record["scores"] or {}
+        where = ""
+        if record["defects"]:
+            largest = record["defects"][0]
+            centre = inputs[record["case"]][1]
+            distance = "" if centre is None else f", {np.linalg.norm(np.subtract(largest['centroid_mm'], centre)):.1f}"
+            where = f"{largest['kind']} {largest['volume_ml'] * 1000:.0f} mm^3{distance}"
+        print(f"{record['case']:<14}{record['status']:<10}{scores.get('dice', float('nan')):>7.3f}"
+              f"{scores.get('asd_mm', float('nan')):>8.2f}{scores.get('hd95_mm', float('nan')):>9.2f}  {where}")
+    print(f"report: {(args.out / 'report.html').resolve()}")
     return 0
 
 
