@@ -48,18 +48,23 @@ def _unit_open(r: np.ndarray) -> np.ndarray:
     return ((r >> np.uint32(8)) + np.uint32(1)).astype(np.float32) * INV_2_24
 
 
-def boundary_face_keys(grid: np.ndarray) -> np.ndarray:
-    """Sorted int64 keys ``flat_voxel_index * 6 + 2 * axis + side`` of every boundary face of ``grid``."""
-    occupied = np.asarray(grid) != 0
-    padded = np.pad(occupied, 1)
-    faces = np.empty(occupied.shape + (6,), dtype=bool)
+def boundary_face_flags(occupied, xp=np):
+    """(D, H, W, 6) bool: face ``2 * axis + side`` of a voxel is on the boundary (occupied voxel, empty or
+    outside neighbour). ``xp`` is numpy or cupy, so the CPU and CUDA paths share this code."""
+    padded = xp.pad(occupied, 1)
+    faces = xp.empty(occupied.shape + (6,), dtype=bool)
     core = (slice(1, -1),) * 3
     for axis in range(3):
         for side, shift in ((0, -1), (1, 1)):
             neighbour = list(core)
             neighbour[axis] = slice(1 + shift, padded.shape[axis] - 1 + shift)
             faces[..., 2 * axis + side] = occupied & ~padded[tuple(neighbour)]
-    return np.flatnonzero(faces).astype(np.int64)
+    return faces
+
+
+def boundary_face_keys(grid: np.ndarray) -> np.ndarray:
+    """Sorted int64 keys ``flat_voxel_index * 6 + 2 * axis + side`` of every boundary face of ``grid``."""
+    return np.flatnonzero(boundary_face_flags(np.asarray(grid) != 0)).astype(np.int64)
 
 
 def mixture_thresholds(weights: Sequence[float], uniform_fraction: float) -> np.ndarray:
@@ -150,15 +155,7 @@ def _sample_boundary_cuda(grid, n, sigma, seed, weights, uniform_fraction):
     cupy = backend.cupy_module()
     grid = cupy.ascontiguousarray(backend.to_cupy(grid)).astype(cupy.uint8, copy=False)
     sigmas_voxels, thresholds = _check_arguments(grid.shape, n, sigma, weights, uniform_fraction)
-    occupied = grid != 0
-    padded = cupy.pad(occupied, 1)
-    faces = cupy.empty(occupied.shape + (6,), dtype=bool)
-    for axis in range(3):
-        for side, shift in ((0, -1), (1, 1)):
-            neighbour = [slice(1, -1)] * 3
-            neighbour[axis] = slice(1 + shift, padded.shape[axis] - 1 + shift)
-            faces[..., 2 * axis + side] = occupied & ~padded[tuple(neighbour)]
-    keys = cupy.flatnonzero(faces).astype(cupy.int64)
+    keys = cupy.flatnonzero(boundary_face_flags(grid != 0, cupy)).astype(cupy.int64)
     if keys.size == 0 and uniform_fraction < 1.0:
         raise ValueError("grid has no occupied voxel: no surface to sample")
     points = cupy.empty((n, 3), dtype=cupy.float32)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from cuda_kernels.boundary_sampling import boundary_face_flags
 from shapeqc.metrics import dice
 
 
@@ -36,16 +37,9 @@ class ShapeScores:
 
 def surface_voxels_and_areas(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     """(border bool mask, exposed face area in mm^2 per voxel (float64, 0 off the border))."""
-    mask = np.asarray(mask, dtype=bool)
-    padded = np.pad(mask, 1)
-    area = np.zeros(mask.shape, dtype=np.float64)
+    faces = boundary_face_flags(np.asarray(mask, dtype=bool))
     face_area = (spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1])
-    core = (slice(1, -1),) * 3
-    for axis in range(3):
-        for shift in (-1, 1):
-            neighbour = list(core)
-            neighbour[axis] = slice(1 + shift, padded.shape[axis] - 1 + shift)
-            area += (mask & ~padded[tuple(neighbour)]) * face_area[axis]
+    area = faces @ np.repeat(np.asarray(face_area, dtype=np.float64), 2)
     return area > 0, area
 
 
