@@ -87,7 +87,7 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
     done = _load_done(journal) if resume else {}
     # start the journal afresh with the complete records only: a line cut by a kill must not swallow the next
     write_atomic(journal, "".join(json.dumps(record) + "\n" for record in done.values()))
-    cases = discover_cases(inputs)[rank::world]
+    cases = discover_cases(inputs)[rank::world]  # round-robin shards: every rank gets a similar mix
     records = list(done.values())
     started, finished = time.perf_counter(), 0
     with journal.open("a") as log:
@@ -111,3 +111,15 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
     if world == 1:
         write_reports(records, out_dir)
     return records
+
+
+def merge_rank_journals(out_dir: str | os.PathLike, world: int) -> list[dict]:
+    """Rank 0's step under torchrun: merge every rank's records into one journal and the report files."""
+    out_dir = Path(out_dir)
+    records: dict = {}
+    for rank in range(world):
+        records.update(_load_done(out_dir / f"records.rank{rank}.jsonl"))
+    merged = sorted(records.values(), key=lambda r: (r["case"], str(r["organ"]), r["bundle"]))
+    write_atomic(out_dir / "records.jsonl", "".join(json.dumps(r) + "\n" for r in merged))
+    write_reports(merged, out_dir)
+    return merged

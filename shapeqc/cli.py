@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -95,10 +96,26 @@ def _analyse(args: argparse.Namespace) -> int:
         paths += sorted(str(p.parent.parent) for p in Path(folder).glob("*/configs/metadata.json"))
     if not paths:
         raise SystemExit("shapeqc analyse: give --bundle DIR (repeatable) or --bundles FOLDER")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     bundles = [load_bundle(path, device) for path in paths]  # each loaded once for the whole batch
-    print(f"shapeqc analyse on {device}: {len(bundles)} bundle(s)", file=sys.stderr)
+    print(f"shapeqc analyse on {device}: {len(bundles)} bundle(s), rank {rank} of {world}", file=sys.stderr)
     records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
-                        map_version=args.map_version)
+                        map_version=args.map_version, shard=(rank, world), progress=rank == 0)
+    if world > 1:  # under torchrun: every rank analysed its share of the cases; rank 0 merges the reports
+        import torch.distributed as dist
+
+        from shapeqc.batch import merge_rank_journals
+
+        dist.init_process_group(backend="gloo")
+        dist.barrier()
+        if rank == 0:
+            records = merge_rank_journals(args.output, world)
+        dist.barrier()
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     counts = {}
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1
