@@ -58,14 +58,16 @@ def report_html(records: list[dict], out_dir: Path) -> str:
         thumbnail = (f'<img src="{html.escape(os.path.relpath(image, out_dir))}" height="90">' if image else "")
         cells = [record["case"], record["organ"] or "", record["status"], record.get("reason") or ""]
         cells += [f"{scores[m]:.3f}" if m in scores else "" for m in METRICS]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + f"<td>{thumbnail}</td></tr>")
+        row = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + f"<td>{thumbnail}</td>"
+        rows.append(f'<tr class="{html.escape(record["status"])}">{row}</tr>')
     header = "".join(f"<th onclick='sortBy({i})'>{h}</th>" for i, h in enumerate(
         ["case", "organ", "status", "reason", *METRICS, "overview"]))
     summary = (f"{len({r['case'] for r in records})} cases, {len(records)} organs: {counts['ok']} ok, "
                f"{counts['outlier']} outliers, {counts['not_judged']} not judged, {counts['error']} errors")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>shapeqc report</title>
 <style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 6px}}
-th{{cursor:pointer;background:#eee}}</style>
+th{{cursor:pointer;background:#eee}}tr.outlier{{background:#fde2e2}}tr.error{{background:#eee;color:#666}}
+tr.not_judged{{background:#fff6d5}}</style>
 <script>function sortBy(c){{const t=document.querySelector('tbody');const r=[...t.rows];
 const d=t.dataset.d==c?-1:1;t.dataset.d=d==1?c:'';
 r.sort((a,b)=>{{const x=a.cells[c].innerText,y=b.cells[c].innerText;const n=parseFloat(x)-parseFloat(y);
