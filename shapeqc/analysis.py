@@ -69,7 +69,7 @@ def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> Bundle:
 def select_profile(thresholds: dict | None, spacing_mm) -> dict | None:
     """The calibration profile (``{"spacing_mm", "metrics", ...}``) nearest to an input's spacing.
 
-    Distance: the largest |log ratio| over the sorted spacings; a profile "as given" (spacing None) stands for
+    Distance: the sum of |log ratio| over the sorted spacings; a profile "as given" (spacing None) stands for
     the calibration data's own spacing, taken as 1 mm isotropic.
     """
     if not thresholds:
@@ -79,7 +79,7 @@ def select_profile(thresholds: dict | None, spacing_mm) -> dict | None:
 
     def distance(profile):
         reference = np.sort(np.asarray(profile.get("spacing_mm") or (1.0, 1.0, 1.0), dtype=float))
-        return float(np.max(np.abs(np.log(target / reference))))
+        return float(np.sum(np.abs(np.log(target / reference))))
 
     return min(profiles, key=distance)
 

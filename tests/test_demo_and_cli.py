@@ -10,19 +10,25 @@ import numpy as np
 from shapeqc import cli, demo
 
 
-def test_demo_writes_input_grids_and_round_trips(tmp_path, adrenal_npz, capsys):
-    assert demo.main(["--npz", str(adrenal_npz), "--out", str(tmp_path)]) == 0
+def test_demo_analyses_the_embedded_example(tmp_path, capsys):
+    """`make demo` runs the real analysis with no data download and reports every case.
+
+    What it shows today (README): the slab cut out of the gland is flagged and located; the clean CT-like
+    example is flagged too (the small CPU-trained prior is not yet good enough there: issue 8 stays open).
+    """
+    assert demo.main(["--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    for name in ("input_adrenal_gland_left", "canonical_grid_128", "round_trip_128", "canonical_grid_32"):
-        assert (tmp_path / f"{name}.nii.gz").exists()
-    source = nib.load(str(tmp_path / "input_adrenal_gland_left.nii.gz"))
+    records = {r["case"]: r for r in json.loads((tmp_path / "report.json").read_text())}
+    assert set(records) == {"clean", "blob_added", "slab_removed"}
+    assert all(r["status"] in ("ok", "outlier") and len(r["scores"]) == 4 for r in records.values())
+    assert records["slab_removed"]["status"] == "outlier"
+    assert records["slab_removed"]["defects"][0]["kind"] == "under"
+    assert records["slab_removed"]["scores"]["dice"] < records["clean"]["scores"]["dice"]
+    slab_line = next(line for line in printed.splitlines() if line.startswith("slab_removed"))
+    assert float(slab_line.rsplit(",", 1)[1]) < 6.0  # largest defect within 6 mm of the cut
+    source = nib.load(str(tmp_path / "inputs" / "clean.nii.gz"))
     np.testing.assert_allclose(source.header.get_zooms(), (0.8, 0.8, 2.5), atol=1e-5)
-    grid = nib.load(str(tmp_path / "canonical_grid_128.nii.gz"))
-    assert grid.shape == (128, 128, 128)
-    np.testing.assert_allclose(np.abs(np.diag(grid.affine)[:3]), 1.0)
-    dices = [float(line.split("Dice")[1].split()[0]) for line in printed.splitlines() if "Dice" in line]
-    assert len(dices) == 2 and dices[0] > 0.95 and dices[1] < dices[0]
-    assert "zoom 1.000" in printed and "zoom 1.000" not in printed.split("grid  32^3")[1]
+    assert "report:" in printed and (tmp_path / "report.html").exists()
 
 
 def test_cli_grid_on_a_totalsegmentator_map(tmp_path, totalseg):

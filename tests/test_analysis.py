@@ -1,0 +1,143 @@
+"""`shapeqc analyse` on real masks with the shipped, calibrated adrenal bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shapeqc import cli
+from shapeqc.analysis import analyse_organ, decide, load_bundle
+from shapeqc.batch import run_batch
+from transforms.volume_io import write_volume
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adrenal_gland"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(BUNDLE)
+
+
+@pytest.fixture(scope="module")
+def clean_inputs(tmp_path_factory, adrenal_val_masks):
+    """Six real val masks that do not touch their crop border, as NIfTI files (1 mm, identity affine)."""
+    folder = tmp_path_factory.mktemp("clean")
+    paths = []
+    for index, mask in enumerate(adrenal_val_masks):
+        if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any() or mask[..., 0].any() \
+                or mask[..., -1].any():
+            continue
+        paths.append(str(write_volume(folder / f"val{index:03d}.nii.gz", mask, np.eye(4))))
+        if len(paths) == 6:
+            break
+    return paths
+
+
+def test_decision_rule():
+    thresholds = {"metrics": {"dice": {"threshold": 0.9, "enabled": True},
+                              "hd95_mm": {"threshold": 5.0, "enabled": False}}}
+    scores = {"dice": 0.95, "asd_mm": 0.1, "hd95_mm": 9.0, "max_sd_mm": 9.0}
+    assert decide(scores, thresholds) == (False, [])
+    assert decide({**scores, "dice": 0.85}, thresholds) == (True, ["dice"])
+    thresholds["metrics"]["hd95_mm"]["enabled"] = True
+    assert decide(scores, thresholds) == (True, ["hd95_mm"])
+    assert decide(scores, None) == (None, [])
+
+
+def test_clean_masks_are_mostly_ok(bundle, clean_inputs, tmp_path):
+    records = [analyse_organ(path, "adrenal_gland_left", bundle, tmp_path / str(i), f"c{i}")
+               for i, path in enumerate(clean_inputs)]
+    assert all(r["status"] in ("ok", "outlier") for r in records)
+    assert sum(r["status"] == "ok" for r in records) >= 5
+    for record in records:
+        assert set(record["scores"]) == {"dice", "asd_mm", "hd95_mm", "max_sd_mm"}
+        assert Path(record["outputs"]["reconstruction"]).exists()
+
+
+def test_strong_corruption_is_an_outlier_located_where_it_is(bundle, adrenal_val_masks, clean_inputs, tmp_path):
+    import nibabel as nib
+
+    mask = np.asarray(nib.load(clean_inputs[0]).dataobj) > 0
+    occupied = np.argwhere(mask)
+    top = occupied[occupied[:, 2].argmax()]  # a blob of 6^3 voxels stuck onto the organ's top
+    blob = tuple(slice(int(c) - 3, int(c) + 3) for c in (top[0], top[1], top[2] + 3))
+    corrupted = mask.copy()
+    corrupted[blob] = True
+    path = write_volume(tmp_path / "blob.nii.gz", corrupted, np.eye(4))
+    record = analyse_organ(str(path), "adrenal_gland_left", bundle, tmp_path / "out", "blob")
+    assert record["status"] == "outlier", record["scores"]
+    largest = record["defects"][0]
+    assert largest["kind"] == "over"
+    blob_centre = np.array([(s.start + s.stop - 1) / 2 for s in blob])
+    assert np.linalg.norm(np.array(largest["centroid_mm"]) - blob_centre) < 4.0
+    assert Path(record["outputs"]["overview"]).exists() and Path(record["outputs"]["stl"]).exists()
+
+
+def test_batch_with_bad_inputs_keeps_going_and_reports(bundle, clean_inputs, totalseg, tmp_path):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti at all")
+    inputs = [clean_inputs[0], str(broken), str(totalseg / "v2_multilabel_seg.nii.gz"), clean_inputs[1]]
+    out = tmp_path / "report"
+    assert cli.main(["analyse", *inputs, "--bundle", str(BUNDLE), "--output", str(out), "--device", "cpu"]) == 0
+    records = json.loads((out / "report.json").read_text())
+    by_case = {(r["case"], r["organ"]): r for r in records}
+    assert by_case[("broken", "adrenal_gland_left")]["status"] == "error"
+    assert "broken.nii.gz" in by_case[("broken", "adrenal_gland_left")]["reason"]
+    # the TotalSegmentator map holds both adrenal glands; both analysed (3 mm voxels: a coarse input)
+    assert {("v2_multilabel_seg", "adrenal_gland_left"), ("v2_multilabel_seg", "adrenal_gland_right")} <= set(by_case)
+    assert by_case[(Path(clean_inputs[1]).name.split(".")[0], "adrenal_gland_left")]["status"] in ("ok", "outlier")
+    errors = (out / "errors.csv").read_text()
+    assert "broken.nii.gz" in errors
+    report_csv = (out / "report.csv").read_text().splitlines()
+    assert report_csv[0].startswith("file path,organ,metric,score")
+    assert len(report_csv) == 1 + 4 * len(records)
+    assert "outliers" in (out / "report.html").read_text()
+
+
+def test_resume_after_an_interrupted_run(bundle, clean_inputs, tmp_path):
+    out = tmp_path / "run"
+    first = run_batch(clean_inputs[:3], [bundle], out, organ="adrenal_gland_left", progress=False)
+    journal = out / "records.jsonl"
+    lines = journal.read_text().splitlines()
+    journal.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed while writing the second
+    resumed = run_batch(clean_inputs[:3], [bundle], out, organ="adrenal_gland_left", resume=True, progress=False)
+    assert len(resumed) == 3
+    assert {r["case"] for r in resumed} == {r["case"] for r in first}
+    kept = next(r for r in resumed if r["case"] == json.loads(lines[0])["case"])
+    assert kept["seconds"] == json.loads(lines[0])["seconds"]  # not recomputed
+    assert len(json.loads((out / "report.json").read_text())) == 3
+
+
+def test_profile_selection_by_spacing():
+    from shapeqc.analysis import select_profile
+
+    thresholds = {"profiles": [{"spacing_mm": None, "metrics": {"dice": {"threshold": 0.99}}},
+                               {"spacing_mm": [0.8, 0.8, 2.5], "metrics": {"dice": {"threshold": 0.9}}}]}
+    assert select_profile(thresholds, (1.0, 1.0, 1.0))["spacing_mm"] is None
+    assert select_profile(thresholds, (2.5, 0.78, 0.78))["spacing_mm"] == [0.8, 0.8, 2.5]
+    assert select_profile(thresholds, (3.0, 3.0, 3.0))["spacing_mm"] == [0.8, 0.8, 2.5]
+    assert select_profile(None, (1.0, 1.0, 1.0)) is None
+
+
+def test_torchrun_two_processes_give_the_single_process_report(bundle, clean_inputs, totalseg, tmp_path):
+    import subprocess
+    import sys
+
+    inputs = [*clean_inputs[:3], str(totalseg / "v2_multilabel_seg.nii.gz"), str(tmp_path / "missing.nii.gz")]
+    single = run_batch(inputs, [bundle], tmp_path / "single", progress=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+               "-m", "shapeqc", "analyse", *inputs, "--bundle", str(BUNDLE), "--output", str(tmp_path / "multi"),
+               "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = json.loads((tmp_path / "multi" / "report.json").read_text())
+    assert all((tmp_path / "multi" / f"records.rank{rank}.jsonl").exists() for rank in (0, 1))
+
+    def essence(records):
+        return {(r["case"], r["organ"]): (r["status"], r["scores"], len(r["defects"])) for r in records}
+
+    assert essence(merged) == essence(single)
+    assert len(merged) == len(single) == 6
