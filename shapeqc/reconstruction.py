@@ -90,7 +90,7 @@ def _cells_to_points(cells: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def coarse_to_fine_logits(network: torch.nn.Module, grid: torch.Tensor, start_stride: int = 8,
-                          certain_logit: float = 4.0, chunk_points: int = 65_536) -> tuple[torch.Tensor, int]:
+                          certain_logit: float = 5.0, chunk_points: int = 65_536) -> tuple[torch.Tensor, int]:
     """Occupancy logits at every voxel centre of one grid (1, 1, R, R, R), decoding far fewer points.
 
     A lattice of every ``start_stride``-th voxel centre is decoded; each lattice cell whose 8 corners agree on
