@@ -25,7 +25,7 @@ from transforms.canonical_grid import CanonicalGrid, grid_to_source
 from transforms.errors import EmptyMaskError, SegmentationInputError, TruncatedOrganError
 from transforms.grid_transforms import ToCanonicalGridd
 from transforms.organ_loading import check_organ_mask, load_organ_mask
-from transforms.volume_io import write_volume
+from transforms.volume_io import voxel_spacing, write_volume
 
 METRICS = ("dice", "asd_mm", "hd95_mm", "max_sd_mm")
 # the direction in which a score is worse: Dice falls, distances grow
@@ -118,6 +118,16 @@ def reconstruct_in_source(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, 
     return restored, plan
 
 
+def score_organ(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str,
+                timings: dict) -> tuple[np.ndarray, dict]:
+    """(reconstruction in the input's voxel space, scores {dice, asd_mm, hd95_mm, max_sd_mm} in mm)."""
+    reconstruction, _ = reconstruct_in_source(bundle, mask, affine, organ, timings)
+    start = time.perf_counter()
+    scores = shape_scores(mask, reconstruction, voxel_spacing(affine)).to_dict()
+    timings["scores"] = time.perf_counter() - start
+    return reconstruction, scores
+
+
 def analyse_organ(source: str, organ: str | None, bundle: Bundle, out_dir: str | os.PathLike | None,
                   case: str, map_version: str = "auto", min_defect_ml: float = 0.01) -> dict:
     """Analyse one organ; never raises for bad input: the record says ``error`` or ``not_judged``."""
@@ -131,10 +141,9 @@ def analyse_organ(source: str, organ: str | None, bundle: Bundle, out_dir: str |
         mask, affine, _ = load_organ_mask(source, organ=organ, map_version=map_version)
         check_organ_mask(mask, f"{source} [{organ}]" if organ else source)
         timings["load"] = time.perf_counter() - start
-        reconstruction, _ = reconstruct_in_source(bundle, mask, affine, organ or "", timings)
+        reconstruction, scores = score_organ(bundle, mask, affine, organ or "", timings)
         start = time.perf_counter()
-        spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-        scores = shape_scores(mask, reconstruction, spacing).to_dict()
+        spacing = voxel_spacing(affine)
         difference = difference_map(mask, reconstruction)
         defects = defect_components(difference, affine, min_defect_ml)
         timings["metrics"] = time.perf_counter() - start

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shapeqc.analysis import METRICS, WORSE_WHEN, Bundle, load_bundle, reconstruct_in_source
-from shapeqc.surface_metrics import shape_scores
+from shapeqc.analysis import METRICS, WORSE_WHEN, Bundle, load_bundle, score_organ
 from transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond, stable_seed
 from transforms.organ_loading import load_organ_mask
 from transforms.reslice import reslice_mask
@@ -52,9 +51,7 @@ def badness(metric: str, values) -> np.ndarray:
 
 
 def score_case(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
-    reconstruction, _ = reconstruct_in_source(bundle, mask, affine, organ, {})
-    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-    return shape_scores(mask, reconstruction, spacing).to_dict()
+    return score_organ(bundle, mask, affine, organ, {})[1]
 
 
 def acquisition(mask: np.ndarray, affine: np.ndarray, spacing_mm, case_id: str):

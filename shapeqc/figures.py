@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from transforms.volume_io import voxel_spacing
+
 
 def _replace_atomic(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,7 @@ def write_overview(segmentation: np.ndarray, reconstruction: np.ndarray, affine:
         occupied = np.argwhere(segmentation | reconstruction)
         centre_voxel = occupied.mean(axis=0) if len(occupied) else np.array(segmentation.shape) / 2
     centre = np.clip(np.round(centre_voxel).astype(int), 0, np.array(segmentation.shape) - 1)
-    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    spacing = voxel_spacing(affine)
     occupied = np.argwhere(segmentation | reconstruction)
     lower = np.maximum(occupied.min(axis=0) - 8, 0) if len(occupied) else np.zeros(3, int)
     upper = np.minimum(occupied.max(axis=0) + 9, segmentation.shape) if len(occupied) else np.array(segmentation.shape)

@@ -135,7 +135,7 @@ def plan_canonical_grid(
     )
 
 
-def _resample(volume: np.ndarray, out_to_in: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+def resample_trilinear(volume: np.ndarray, out_to_in: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
     """Trilinear resampling of ``volume`` at ``out_to_in @ index`` for every output index; 0 outside."""
     return ndimage.affine_transform(
         np.asarray(volume, dtype=np.float32),
@@ -155,7 +155,7 @@ def source_to_grid(volume: np.ndarray, grid: CanonicalGrid, binary: bool = True)
     Returns bool (threshold 0.5 of the trilinear interpolation) when ``binary``, else float32.
     """
     grid_to_source = np.linalg.inv(grid.source_affine) @ grid.grid_to_world
-    values = _resample(volume, grid_to_source, (grid.grid_size,) * 3)
+    values = resample_trilinear(volume, grid_to_source, (grid.grid_size,) * 3)
     return values >= 0.5 if binary else values
 
 
@@ -165,7 +165,7 @@ def grid_to_source(volume: np.ndarray, grid: CanonicalGrid, binary: bool = True)
     Returns an array of ``grid.source_shape``: bool (threshold 0.5) when ``binary``, else float32 (trilinear).
     """
     source_to_grid_index = np.linalg.inv(grid.grid_to_world) @ grid.source_affine
-    values = _resample(volume, source_to_grid_index, grid.source_shape)
+    values = resample_trilinear(volume, source_to_grid_index, grid.source_shape)
     return values >= 0.5 if binary else values
 
 

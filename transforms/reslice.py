@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from transforms.canonical_grid import _resample, organ_world_bounds
+from transforms.canonical_grid import organ_world_bounds, resample_trilinear
 
 
 def acquisition_affine(
@@ -55,5 +55,5 @@ def reslice_mask(
     lower, upper = organ_world_bounds(mask, affine)
     new_affine, shape = acquisition_affine(lower, upper, spacing_mm, rotation_deg, pad_voxels)
     new_to_old = np.linalg.inv(affine) @ new_affine
-    values = _resample(mask, new_to_old, shape)
+    values = resample_trilinear(mask, new_to_old, shape)
     return (values >= 0.5).astype(np.uint8), new_affine

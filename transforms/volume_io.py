@@ -37,6 +37,11 @@ def strip_nifti_suffix(name: str) -> str:
     return name
 
 
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along the three array axes (column norms of the affine's 3x3 part)."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
+
+
 def validate_affine(affine: np.ndarray, path: str | os.PathLike | None) -> np.ndarray:
     """Check that ``affine`` is a finite, invertible 4x4 voxel-to-world matrix; return it as float64."""
     affine = np.asarray(affine, dtype=np.float64)
@@ -44,7 +49,7 @@ def validate_affine(affine: np.ndarray, path: str | os.PathLike | None) -> np.nd
         raise InvalidAffineError(path, f"affine has shape {affine.shape}, expected (4, 4)")
     if not np.all(np.isfinite(affine)):
         raise InvalidAffineError(path, "affine holds NaN or infinite values")
-    scales = np.linalg.norm(affine[:3, :3], axis=0)
+    scales = np.asarray(voxel_spacing(affine))
     if np.any(scales < 1e-6) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InvalidAffineError(path, f"affine has a zero voxel scale (column norms {np.round(scales, 6).tolist()})")
     return affine
