@@ -1,9 +1,13 @@
-"""End-to-end analysis time per organ, split by step, and coarse-to-fine vs dense decoding.
+"""End-to-end analysis time and peak memory per organ, split by step, against the research route's decoding.
 
 For the research preset (R = 128, untrained weights: timing only) and for the shipped adrenal bundle, on real
-adrenal masks written as CT-like NIfTI inputs (0.8 x 0.8 x 2.5 mm): load, normalize, encode + decode
-(coarse-to-fine), map back, metrics, outputs; the fraction of voxel centres the coarse-to-fine decoder
-evaluates, the mismatch against dense decoding, and the dense time as the baseline measured in the same run.
+adrenal masks written as CT-like NIfTI inputs (0.8 x 0.8 x 2.5 mm), ``analyse_organ`` is timed step by step:
+load, normalize (canonical grid), encode (with the decoding preparation), decode (coarse to fine inside the
+organ's box grown by the default margin), map back, metrics (scores, difference map, defects), outputs
+(NIfTI, STL, PNG). The baseline, measured in the same run on the same grids, is the research route's
+decoding: dense over every voxel centre of the whole grid with the plain decoder (``grid_sample`` features, no
+preparation, no region). Its binary result is compared voxel by voxel with the analysis' reconstruction.
+Each bundle runs in its own process so that its peak resident memory is its own.
 
     python benchmarks/bench_analysis.py [--cases 3]
 """
@@ -11,7 +15,10 @@ evaluates, the mismatch against dense decoding, and the dense time as the baseli
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,60 +27,99 @@ import nibabel
 import numpy as np
 import torch
 
-from shapeqc.analysis import Bundle, analyse_organ, load_bundle
-from shapeqc.networks import ifnet_from_preset
-from shapeqc.reconstruction import coarse_to_fine_logits, grid_logits
-from transforms.grid_transforms import ToCanonicalGridd
-from transforms.reslice import reslice_mask
-from transforms.volume_io import write_volume
-
 ROOT = Path(__file__).resolve().parents[1]
 NPZ = ROOT.parent / "shared/data/adrenalmnist3d/adrenalmnist3d_64_trainval.npz"
+BUNDLES = {"research": "research preset (R=128, untrained)", "shipped": "shipped adrenal bundle (R=64)"}
+# the research pipeline's own figures on this CPU (issue 8): dense 256^3 twice per organ
+RESEARCH_ROUTE_S = 2 * 710.0
 
 
-def research_bundle() -> Bundle:
+def load(kind: str):
+    from shapeqc.analysis import Bundle, load_bundle
+    from shapeqc.networks import ifnet_from_preset
+    from transforms.grid_transforms import ToCanonicalGridd
+
+    if kind == "shipped":
+        return load_bundle(ROOT / "bundles" / "adrenal_gland")
     torch.manual_seed(0)
-    network = ifnet_from_preset("research").eval()
-    return Bundle(path=Path("research_preset_untrained"), metadata={}, network=network,
+    return Bundle(path=Path("research_preset_untrained"), metadata={}, network=ifnet_from_preset("research").eval(),
                   to_grid=ToCanonicalGridd("mask", spacing_mm=1.0, grid_size=128, margin=8, mirror_side="left"),
                   thresholds=None, device=torch.device("cpu"), organs=["adrenal_gland_left"])
+
+
+class _PlainDecoder(torch.nn.Module):
+    """The network without ``prepare_decoding``: the research route's decoder."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def encode(self, grid):
+        return self.network.encode(grid)
+
+    def decode(self, features, points):
+        return self.network.decode(features, points)
+
+
+def child(kind: str, cases: int, work: Path) -> None:
+    from shapeqc.analysis import analyse_organ
+    from shapeqc.reconstruction import grid_logits
+    from transforms.canonical_grid import CanonicalGrid, grid_to_source
+
+    bundle = load(kind)
+    for index in range(cases):
+        path = str(work / f"case{index}.nii.gz")
+        out = work / kind / str(index)
+        record = analyse_organ(path, "adrenal_gland_left", bundle, out, f"case{index}")
+        image = nibabel.load(path)
+        item = bundle.to_grid({"mask": np.asarray(image.dataobj), "affine": image.affine,
+                               "organ": "adrenal_gland_left"})
+        grid = torch.from_numpy(item["mask"].astype(np.float32))[None]
+        start = time.perf_counter()
+        dense = grid_logits(_PlainDecoder(bundle.network), grid, margin=None)[0, 0]
+        dense_s = time.perf_counter() - start
+        dense_source = grid_to_source(torch.sigmoid(dense).numpy(), CanonicalGrid.from_dict(item["grid"]), binary=True)
+        ours = np.asarray(nibabel.load(record["outputs"]["reconstruction"]).dataobj) > 0
+        print(json.dumps({"kind": kind, "case": index, "timings": record["timings"], "seconds": record["seconds"],
+                          "voxels": grid.shape[-1] ** 3, "dense_s": dense_s,
+                          "mismatches": int((dense_source != ours).sum())}), flush=True)
+    print(json.dumps({"kind": kind, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--child", choices=sorted(BUNDLES), help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child, args.cases, args.work)
+        return
+    from transforms.reslice import reslice_mask
+    from transforms.volume_io import write_volume
+
     with np.load(NPZ) as archive:
         masks = archive["val_images"][: args.cases] > 0
     work = Path(tempfile.mkdtemp())
-    inputs = []
     for index, mask in enumerate(masks):
         ct_like, affine = reslice_mask(mask, np.eye(4), (0.8, 0.8, 2.5), (10.0, -15.0, 30.0))
-        inputs.append(str(write_volume(work / f"case{index}.nii.gz", ct_like, affine)))
-    bundles = {"research preset (R=128, untrained)": research_bundle(),
-               "shipped adrenal bundle (R=64)": load_bundle(ROOT / "bundles" / "adrenal_gland")}
-    print("| bundle | case | load | normalize | encode+decode (coarse-to-fine) | map back | metrics | outputs "
-          "| total s | decoded / voxels | dense decode s | mismatches vs dense |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, bundle in bundles.items():
-        for index, path in enumerate(inputs):
-            record = analyse_organ(path, "adrenal_gland_left", bundle, work / name[:8] / str(index), f"case{index}")
-            t = record["timings"]
-            image = nibabel.load(path)
-            item = bundle.to_grid({"mask": np.asarray(image.dataobj), "affine": image.affine,
-                                   "organ": "adrenal_gland_left"})
-            grid = torch.from_numpy(item["mask"].astype(np.float32))[None]
-            start = time.perf_counter()
-            dense = grid_logits(bundle.network, grid, margin=None)[0, 0]
-            dense_time = time.perf_counter() - start
-            fine, decoded = coarse_to_fine_logits(bundle.network, grid)
-            mismatches = int(((dense > 0) != (fine > 0)).sum())
-            size = grid.shape[-1] ** 3
-            print(f"| {name} | {index} | {t['load']:.3f} | {t['normalize']:.3f} | {t['reconstruct']:.2f} | "
-                  f"{t['map_back']:.3f} | {t['metrics']:.3f} | {t['outputs']:.3f} | {record['seconds']:.2f} | "
-                  f"{decoded / size:.3f} | {dense_time:.2f} | {mismatches} |")
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak resident memory of the whole run: {peak_mb:.0f} MB")
+        write_volume(work / f"case{index}.nii.gz", ct_like, affine)
+    print("| bundle | case | load | normalize | encode | decode | map back | metrics | outputs | total s "
+          "| decoded / voxels | research-route decode s (dense, plain) | ratio | mismatches | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind, name in BUNDLES.items():
+        lines = subprocess.run([sys.executable, __file__, "--child", kind, "--cases", str(args.cases),
+                                "--work", str(work)], check=True, capture_output=True, text=True).stdout
+        rows = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
+        peak = rows[-1]["peak_mb"]
+        for row in rows[:-1]:
+            t = row["timings"]
+            metrics = t["scores"] + t["metrics"]
+            print(f"| {name} | {row['case']} | {t['load']:.3f} | {t['normalize']:.3f} | {t['encode']:.2f} | "
+                  f"{t['decode']:.2f} | {t['map_back']:.3f} | {metrics:.3f} | {t['outputs']:.2f} | "
+                  f"{row['seconds']:.2f} | {t['decoded_points'] / row['voxels']:.3f} | {row['dense_s']:.1f} | "
+                  f"{row['dense_s'] / row['seconds']:.1f}x | {row['mismatches']} | {peak:.0f} |")
+    print(f"\nresearch pipeline's route (dense 256^3, twice per organ, issue 8's figure): {RESEARCH_ROUTE_S:.0f} s")
 
 
 if __name__ == "__main__":

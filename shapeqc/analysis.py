@@ -19,7 +19,8 @@ import torch
 from shapeqc.bundles import load_bundle_network, trained_bundle
 from shapeqc.defects import defect_components, difference_map
 from shapeqc.figures import write_overview, write_stl
-from shapeqc.reconstruction import coarse_to_fine_logits
+from shapeqc.reconstruction import coarse_to_fine_logits, default_margin
+from shapeqc.refinement import refined_network
 from shapeqc.surface_metrics import shape_scores
 from transforms.canonical_grid import CanonicalGrid, grid_to_source
 from transforms.errors import EmptyMaskError, SegmentationInputError, TruncatedOrganError
@@ -43,6 +44,8 @@ class Bundle:
     thresholds: dict | None
     device: torch.device
     organs: list[str] = field(default_factory=list)
+    # test-time refinement steps per organ (0: off; see shapeqc.refinement)
+    refine_steps: int = 0
 
     @property
     def name(self) -> str:
@@ -54,7 +57,7 @@ def load_thresholds(bundle_dir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> Bundle:
+def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu", refine_steps: int = 0) -> Bundle:
     """Load a trained bundle (UntrainedBundleError for an untrained one)."""
     bundle_dir = Path(bundle_dir)
     metadata = trained_bundle(bundle_dir)
@@ -63,7 +66,20 @@ def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> Bundle:
                    if isinstance(t, ToCanonicalGridd))
     return Bundle(path=bundle_dir, metadata=metadata, network=network, to_grid=to_grid,
                   thresholds=load_thresholds(bundle_dir), device=torch.device(device),
-                  organs=list(metadata.get("organs", [])))
+                  organs=list(metadata.get("organs", [])), refine_steps=int(refine_steps))
+
+
+def bundle_from_config(bundle_root: str | os.PathLike, network: torch.nn.Module, canonical_grid_transforms: list,
+                       device: str | torch.device = "cpu", refine_steps: int = 0) -> Bundle:
+    """A :class:`Bundle` from a running bundle config's parts (``@network`` with its weights loaded,
+    ``@canonical_grid_transforms``): how ``monai.bundle run evaluating`` calibrates the network it evaluated."""
+    bundle_root = Path(bundle_root)
+    metadata_path = bundle_root / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+    to_grid = next(t for t in canonical_grid_transforms if isinstance(t, ToCanonicalGridd))
+    return Bundle(path=bundle_root.resolve(), metadata=metadata, network=network.eval(), to_grid=to_grid,
+                  thresholds=load_thresholds(bundle_root), device=torch.device(device),
+                  organs=list(metadata.get("organs", [])), refine_steps=int(refine_steps))
 
 
 def select_profile(thresholds: dict | None, spacing_mm) -> dict | None:
@@ -107,9 +123,13 @@ def reconstruct_in_source(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, 
     plan = CanonicalGrid.from_dict(item["grid"])
     grid = torch.from_numpy(item["mask"].astype(np.float32))[None].to(bundle.device)
     timings["normalize"] = time.perf_counter() - start
-    start = time.perf_counter()
-    logits, decoded = coarse_to_fine_logits(bundle.network, grid)
-    timings["reconstruct"] = time.perf_counter() - start
+    network = bundle.network
+    if bundle.refine_steps:
+        start = time.perf_counter()
+        network = refined_network(network, grid, bundle.refine_steps)
+        timings["refine"] = time.perf_counter() - start
+    logits, decoded = coarse_to_fine_logits(network, grid, margin=default_margin(grid.shape[-1]),
+                                            timings=timings)
     timings["decoded_points"] = int(decoded)
     start = time.perf_counter()
     occupancy = torch.sigmoid(logits).cpu().numpy()

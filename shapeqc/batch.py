@@ -76,10 +76,29 @@ def _load_done(journal: Path) -> dict:
     return done
 
 
+_WORKER_BUNDLES: list[Bundle] = []
+
+
+def _start_worker(bundles: list[Bundle], threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER_BUNDLES[:] = bundles
+
+
+def _analyse_in_worker(path: str, target: str | None, bundle_index: int, out_dir: str, case: str,
+                       map_version: str) -> dict:
+    return analyse_organ(path, target, _WORKER_BUNDLES[bundle_index], out_dir, case, map_version=map_version)
+
+
 def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
               resume: bool = False, map_version: str = "auto", progress: bool = True,
-              shard: tuple[int, int] = (0, 1)) -> list[dict]:
-    """Analyse everything; write per-organ outputs, ``records.jsonl`` and the report files; return records."""
+              shard: tuple[int, int] = (0, 1), workers: int = 0) -> list[dict]:
+    """Analyse everything; write per-organ outputs, ``records.jsonl`` and the report files; return records.
+
+    ``workers`` > 0 analyses that many organs at a time in worker processes (each holds the bundles, loaded
+    once, and an equal share of the CPU threads); records are journalled by this process as they finish.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = shard
@@ -89,23 +108,39 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
     write_atomic(journal, "".join(json.dumps(record) + "\n" for record in done.values()))
     cases = discover_cases(inputs)[rank::world]  # round-robin shards: every rank gets a similar mix
     records = list(done.values())
-    started, finished = time.perf_counter(), 0
+    jobs = [(path, target, index, str(out_dir / case / str(target or bundle.name)), case)
+            for case, path in cases for index, bundle in enumerate(bundles)
+            for target in organs_for(path, bundle, organ) if (case, target, bundle.name) not in done]
+    started = time.perf_counter()
+    finished_cases: set = set()
+    remaining = {case: sum(job[4] == case for job in jobs) for case, _ in cases}
+
+    def finish(record: dict, log) -> None:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        records.append(record)
+        remaining[record["case"]] -= 1
+        if remaining[record["case"]] == 0:
+            finished_cases.add(record["case"])
+        if progress:
+            rate = len(finished_cases) / max(time.perf_counter() - started, 1e-9)
+            print(f"\r[{len(finished_cases)}/{len(cases)} cases, {len(records)} records] {rate:.2f} cases/s",
+                  end="", flush=True)
+
     with journal.open("a") as log:
-        for index, (case, path) in enumerate(cases):
-            for bundle in bundles:
-                for target in organs_for(path, bundle, organ):
-                    key = (case, target, bundle.name)
-                    if key in done:
-                        continue
-                    record = analyse_organ(path, target, bundle, out_dir / case / str(target or bundle.name), case,
-                                           map_version=map_version)
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    records.append(record)
-            finished += 1
-            if progress:
-                rate = finished / max(time.perf_counter() - started, 1e-9)
-                print(f"\r[{index + 1}/{len(cases)}] {rate:.2f} cases/s", end="", flush=True)
+        if workers > 0 and jobs:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_start_worker, initargs=(bundles, threads)) as pool:
+                futures = [pool.submit(_analyse_in_worker, *job, map_version) for job in jobs]
+                for future in as_completed(futures):
+                    finish(future.result(), log)
+        else:
+            for path, target, index, organ_dir, case in jobs:
+                finish(analyse_organ(path, target, bundles[index], organ_dir, case, map_version=map_version), log)
     if progress:
         print()
     if world == 1:

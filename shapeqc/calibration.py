@@ -64,14 +64,18 @@ def acquisition(mask: np.ndarray, affine: np.ndarray, spacing_mm, case_id: str):
 
 def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, organ: str | None = None,
               data_description: str = "", write: bool = True, device: str = "cpu",
-              spacing_mm: tuple[float, float, float] | None = None) -> dict:
+              spacing_mm: tuple[float, float, float] | None = None, refine_steps: int = 0,
+              bundle: Bundle | None = None) -> dict:
     """Score clean ``items`` and their corruptions, set thresholds; with ``write``, store them as the profile for
     this acquisition spacing in ``configs/thresholds.json`` and write ``docs/calibration*.json`` + ROC PNG.
 
     ``spacing_mm``: re-slice every case to this spacing (with a seeded tilt) before scoring, so the thresholds
     include the resampling loss of inputs acquired that way; None scores the masks as given.
+    ``refine_steps``: test-time refinement per case (thresholds hold only for analyses run the same way).
+    ``bundle``: an already loaded bundle (e.g. the network a ``monai.bundle`` evaluator just ran) instead of
+    loading ``bundle_dir``'s weights.
     """
-    bundle = load_bundle(bundle_dir, device)
+    bundle = bundle or load_bundle(bundle_dir, device, refine_steps=refine_steps)
     organ = organ or (bundle.organs[0] if bundle.organs else "")
     families = corruption_families()
     clean_scores, family_scores = [], {name: [] for name in families}
@@ -108,6 +112,7 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
             }
     profile = {"spacing_mm": None if spacing_mm is None else [float(v) for v in spacing_mm], "metrics": metrics,
                "target_fpr": target_fpr, "clean_cases": len(clean_scores), "data": data_description,
+               "refine_steps": bundle.refine_steps,
                "date": date.today().isoformat(), "bundle_version": bundle.metadata.get("version")}
     report = {"thresholds": profile, "families": families_report, "seconds": round(time.perf_counter() - start, 1),
               "clean_scores": clean_scores, "family_scores": family_scores}
@@ -122,6 +127,14 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
         (bundle_dir / "docs" / f"calibration_{tag}.json").write_text(json.dumps(report, indent=1) + "\n")
         plot_roc(report, bundle_dir / "docs" / f"calibration_roc_{tag}.png")
     return report
+
+
+def calibrate_profiles(bundle_dir: str, items: list[dict], spacings: list, target_fpr: float = 0.05,
+                       bundle: Bundle | None = None, data_description: str = "") -> list[dict]:
+    """:func:`calibrate` once per acquisition spacing (None: as given), each written as its own profile."""
+    description = f"{data_description} ({len(items)} clean cases)"
+    return [calibrate(bundle_dir, items, target_fpr=target_fpr, spacing_mm=None if spacing is None else tuple(spacing),
+                      bundle=bundle, data_description=description) for spacing in spacings]
 
 
 def profile_tag(spacing_mm) -> str:

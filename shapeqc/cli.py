@@ -99,10 +99,12 @@ def _analyse(args: argparse.Namespace) -> int:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if device == "cuda" and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    bundles = [load_bundle(path, device) for path in paths]  # each loaded once for the whole batch
+    # each bundle loaded once for the whole batch
+    bundles = [load_bundle(path, device, refine_steps=args.refine_steps) for path in paths]
     print(f"shapeqc analyse on {device}: {len(bundles)} bundle(s), rank {rank} of {world}", file=sys.stderr)
     records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
-                        map_version=args.map_version, shard=(rank, world), progress=rank == 0)
+                        map_version=args.map_version, shard=(rank, world), progress=rank == 0,
+                        workers=args.workers)
     if world > 1:  # under torchrun: every rank analysed its share of the cases; rank 0 merges the reports
         import torch.distributed as dist
 
@@ -132,8 +134,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     else:
         items = adrenalmnist3d_split(args.data, "val", args.limit)
     spacing = tuple(float(v) for v in args.spacing.split(",")) if args.spacing else None
-    report = calibrate(args.bundle, items, target_fpr=args.fpr, spacing_mm=spacing,
-                       data_description=f"{args.data} ({len(items)} clean cases)")
+    report = calibrate(args.bundle, items, target_fpr=args.fpr, spacing_mm=spacing, refine_steps=args.refine_steps,
+                       data_description=f"{args.data} ({len(items)} clean cases)", write=not args.dry_run)
     print(json.dumps({"thresholds": report["thresholds"]["metrics"], "families": report["families"]}, indent=1))
     return 0
 
@@ -183,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--map-version", default="auto", choices=("auto", "v1", "v2"))
     analyse.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     analyse.add_argument("--resume", action="store_true", help="skip records already complete in OUTPUT")
+    analyse.add_argument("--workers", type=int, default=0,
+                         help="organs analysed at a time in worker processes (0: in this process)")
+    analyse.add_argument("--refine-steps", type=int, default=0,
+                         help="test-time refinement: encoder fine-tuning steps per organ (0: off)")
     analyse.set_defaults(run=_analyse)
 
     calibrate = commands.add_parser("calibrate", help="set a bundle's outlier thresholds on clean data")
@@ -191,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--split", default="validation", help="datalist split of clean cases")
     calibrate.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on clean cases")
     calibrate.add_argument("--limit", type=int, default=None)
+    calibrate.add_argument("--refine-steps", type=int, default=0, help="test-time refinement steps per case")
+    calibrate.add_argument("--dry-run", action="store_true", help="report only; write no thresholds")
     calibrate.add_argument("--spacing", default=None,
                            help="re-slice clean cases to this spacing first, e.g. 0.8,0.8,2.5 (a CT profile)")
     calibrate.set_defaults(run=_calibrate)

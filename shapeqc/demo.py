@@ -1,9 +1,9 @@
 """`make demo`: the real analysis on an embedded example, on a fresh clone, with no data download.
 
 The shipped adrenal bundle carries an example organ (``docs/example_organ.nii.gz``: the bundle's own
-reconstruction of the AdrenalMNIST3D validation gland of median volume, 1 mm). The
-demo writes it as a CT-like segmentation (0.8 x 0.8 x 2.5 mm, tilted direction cosines) plus two corrupted
-copies - a 6 mm ball stuck onto the gland (over-segmentation, a leak) and a slab cut out of it (under-segmentation) - runs
+reconstruction of the AdrenalMNIST3D validation gland of median volume, 1 mm). The demo writes it as a CT-like
+segmentation (0.8 x 0.8 x 2.5 mm, tilted direction cosines) plus two corrupted copies - a 6 mm ball stuck onto
+the gland (over-segmentation, a leak) and a slab cut out of it (under-segmentation) - runs
 ``shapeqc analyse`` on the three, prints the summary table and the path of ``report.html``.
 
     python -m shapeqc.demo [--out out/demo] [--bundle bundles/adrenal_gland]

@@ -146,7 +146,7 @@ def test_torchrun_two_processes_give_the_single_process_report(bundle, clean_inp
 def test_coarse_to_fine_equals_dense_decoding_on_real_cases(bundle, adrenal_val_masks):
     import torch
 
-    from shapeqc.reconstruction import coarse_to_fine_logits, grid_logits
+    from shapeqc.reconstruction import coarse_to_fine_logits, default_margin, grid_logits
     from transforms.corruption import RandPerlinCorruptiond
 
     corrupt = RandPerlinCorruptiond("mask", add_prob=1.0, remove_prob=1.0)
@@ -158,8 +158,55 @@ def test_coarse_to_fine_equals_dense_decoding_on_real_cases(bundle, adrenal_val_
         for grid in (item["mask"], corrupt({"mask": item["mask"]})["mask"]):
             tensor = torch.from_numpy(np.asarray(grid, dtype=np.float32))[None]
             dense = grid_logits(bundle.network, tensor, margin=None)[0, 0]
-            fine, decoded = coarse_to_fine_logits(bundle.network, tensor)
+            # the analysis' decoding: coarse to fine, inside the organ's box grown by the default margin
+            fine, decoded = coarse_to_fine_logits(bundle.network, tensor, margin=default_margin(tensor.shape[-1]))
             mismatches = int(((dense > 0) != (fine > 0)).sum())
             assert mismatches == 0, (index, mismatches, decoded)
             fractions.append(decoded / dense.numel())
-    assert max(fractions) < 0.7  # measured: 0.49-0.62 of the voxel centres with certain_logit 5
+    assert max(fractions) < 0.6, fractions  # measured: 0.18-0.56 (corrupted organs have larger boxes)
+
+
+def test_workers_give_the_single_process_report(bundle, clean_inputs, tmp_path):
+    """`--workers 2`: organs analysed in two worker processes, same records, bad input still recorded."""
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b not really gzip")
+    inputs = [*clean_inputs[:3], str(broken)]
+    single = run_batch(inputs, [bundle], tmp_path / "single", organ="adrenal_gland_left", progress=False)
+    assert cli.main(["analyse", *inputs, "--bundle", str(BUNDLE), "--output", str(tmp_path / "workers"),
+                     "--organ", "adrenal_gland_left", "--device", "cpu", "--workers", "2"]) == 0
+    parallel = json.loads((tmp_path / "workers" / "report.json").read_text())
+
+    def essence(records):
+        return {(r["case"], r["organ"]): (r["status"], r["scores"], len(r["defects"])) for r in records}
+
+    assert essence(parallel) == essence(single)
+    assert {r["status"] for r in parallel if r["case"] == "broken"} == {"error"}
+    assert len((tmp_path / "workers" / "records.jsonl").read_text().splitlines()) == 4
+
+
+def test_test_time_refinement_fits_the_input_and_is_reproducible(bundle, adrenal_val_masks):
+    import torch
+
+    from shapeqc.refinement import refined_network
+    from transforms.boundary_samples import BoundarySampled
+
+    item = bundle.to_grid({"mask": adrenal_val_masks[5].astype(np.uint8), "affine": np.eye(4),
+                           "organ": "adrenal_gland_right"})
+    grid = torch.from_numpy(np.asarray(item["mask"], dtype=np.float32))[None]
+    assert refined_network(bundle.network, grid, steps=0) is bundle.network
+    first = refined_network(bundle.network, grid, steps=4)
+    second = refined_network(bundle.network, grid, steps=4)
+    for (name, before), after, again in zip(bundle.network.state_dict().items(), first.state_dict().values(),
+                                            second.state_dict().values(), strict=True):
+        assert torch.equal(after, again), name  # same seed, same refinement
+        if name.startswith("fc_"):
+            assert torch.equal(after, before), name  # decoder frozen
+    assert any(not torch.equal(a, b) for a, b in zip(bundle.network.parameters(), first.parameters(), strict=True))
+    sampler = BoundarySampled("grid", num_points=20_000)
+    sampler.set_random_state(1234)  # points the refinement never saw
+    sample = sampler({"grid": (np.asarray(item["mask"])[0] > 0).astype(np.uint8)})
+    points, target = torch.from_numpy(sample["points"])[None], torch.from_numpy(sample["occupancy"])[None]
+    with torch.no_grad():
+        loss_before = torch.nn.functional.binary_cross_entropy_with_logits(bundle.network(grid, points), target)
+        loss_after = torch.nn.functional.binary_cross_entropy_with_logits(first(grid, points), target)
+    assert loss_after < loss_before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -157,6 +158,13 @@ def test_evaluating_and_inference_configs_run_on_the_trained_copy(trained_copy, 
     assert "val_mean_dice" in output
     raw = (root / "runs" / "val_mean_dice_raw.csv").read_text().splitlines()
     assert raw[1].startswith("adrenalmnist3d_val_0000,") and len(raw) == 3
+    # ... and calibrated the network it evaluated: one threshold profile per acquisition spacing
+    profiles = json.loads((root / "configs" / "thresholds.json").read_text())["profiles"]
+    assert [p["spacing_mm"] for p in profiles] == [None, [0.8, 0.8, 2.5]]
+    assert all(p["clean_cases"] == 2 and 0.0 <= p["metrics"]["dice"]["threshold"] <= 1.0 for p in profiles)
+    report = json.loads((root / "docs" / "calibration_as_given.json").read_text())
+    assert set(report["families"]) == {"perlin_add", "perlin_remove", "cube"}
+    assert (root / "docs" / "calibration_roc_0.8x0.8x2.5.png").stat().st_size > 10_000
 
     segmentation = adrenal_npz.parents[1] / "totalsegmentator_example" / "v2_multilabel_seg.nii.gz"
     run(bundle_command(root, "run", "inference") + [

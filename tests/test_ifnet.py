@@ -97,3 +97,20 @@ def test_autocast_cpu(dtype):
     with torch.autocast("cpu", dtype=dtype, enabled=dtype is torch.bfloat16):
         out = net(grid, points)
     assert out.shape == (2, 300) and torch.isfinite(out.float()).all()
+
+
+# research: the two coarsest maps projected; the 32^3 one too for a single grid, but not for two (640 MB cap)
+@pytest.mark.parametrize("preset, projected", [("tiny", 0), ("cpu_small", 0), ("research", 2)])
+def test_prepared_decoding_equals_plain_decoding(preset, projected):
+    """Channels-last tables and first-layer projections of coarse maps change float rounding only."""
+    torch.manual_seed(0)
+    net = ifnet_from_preset(preset).eval()
+    size = net.grid_size
+    grid = (torch.rand(2, 1, size, size, size) > 0.7).float()  # a batch of two: table rows offset per item
+    points = torch.rand(2, 3000, 3) * 2.2 - 1.1  # beyond [-1, 1] too: border padding must agree
+    with torch.no_grad():
+        features = net.encode(grid)
+        prepared = net.prepare_decoding(features)
+        plain, fast = net.decode(features, points), net.decode(prepared, points)
+    assert sum(weight is None for _, _, weight in prepared.levels) == projected
+    torch.testing.assert_close(fast, plain, rtol=0, atol=2e-5)

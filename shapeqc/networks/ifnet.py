@@ -14,6 +14,7 @@ Points are (B, N, 3) grid coordinates in [-1, 1] in array axis order (see ``tran
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +28,51 @@ PRESETS: dict[str, dict] = {
     # for tests and smoke runs
     "tiny": {"grid_size": 32, "channels": (4, 8, 8), "hidden": 16},
 }
+
+
+@dataclass
+class PreparedFeatures:
+    """``encode``'s features arranged for fast inference decoding (:meth:`IFNet.prepare_decoding`).
+
+    Every feature map becomes a channels-last table with one row per voxel, sampled by a weighted sum of 8 rows
+    (``embedding_bag``): on a CPU this is several times faster than ``grid_sample`` over channel-first maps. And
+    since the first decoder layer is linear in the sampled features and trilinear sampling is linear too,
+    W_d sample(F, x + d) = sample(W_d F, x + d): a coarse, wide map is projected through its block W_d of the
+    first layer once per grid, so that a query point reads 2 * hidden projected values instead of multiplying
+    C sampled values by a (2 * hidden, C) block. Results equal ``decode`` on the raw features to float rounding.
+
+    Attributes:
+        levels: per feature map, (its shape (D, H, W), tables, weight): 7 tables (B * D * H * W, width), one
+            per displacement, rows in C order of (b, z, y, x); ``weight`` (width * 7, 2 * hidden) for a raw
+            map (width = C, the block of the first layer for its 7 * C inputs), None for a projected map
+            (width = 2 * hidden).
+    """
+
+    levels: list[tuple[tuple[int, int, int], list[torch.Tensor], torch.Tensor | None]]
+
+
+def trilinear_corners(points: torch.Tensor, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and weights of trilinear sampling as ``grid_sample(align_corners=False, padding_mode="border")``.
+
+    Args:
+        points: (B, N, 3) grid coordinates in [-1, 1], array axis order.
+        shape: (D, H, W) of the sampled map.
+    Returns:
+        (B * N, 8) int64 row indices into a (B * D * H * W, C) table and (B * N, 8) weights summing to 1.
+    """
+    batch, count, _ = points.shape
+    size = torch.tensor(shape, device=points.device, dtype=points.dtype)
+    pixel = (((points + 1.0) * size - 1.0) / 2.0).clamp(min=0.0)
+    pixel = torch.minimum(pixel, size - 1.0)
+    low = torch.minimum(pixel.floor(), (size - 2.0).clamp(min=0.0))
+    fraction = pixel - low
+    low = low.long()
+    offsets = torch.tensor([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], device=points.device)
+    corner = (low[:, :, None, :] + offsets).clamp(max=torch.tensor(shape, device=points.device) - 1)  # (B, N, 8, 3)
+    rows = (corner[..., 0] * shape[1] + corner[..., 1]) * shape[2] + corner[..., 2]
+    rows = rows + (torch.arange(batch, device=points.device) * (shape[0] * shape[1] * shape[2]))[:, None, None]
+    weights = torch.where(offsets.bool(), fraction[:, :, None, :], 1.0 - fraction[:, :, None, :]).prod(-1)
+    return rows.reshape(batch * count, 8), weights.reshape(batch * count, 8)
 
 
 class IFNet(nn.Module):
@@ -87,19 +133,81 @@ class IFNet(nn.Module):
             features.append(net)
         return features
 
-    def decode(self, features: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
-        """Occupancy logits (B, N) of points (B, N, 3) in [-1, 1] (array axis order) given ``encode``'s output."""
+    @torch.no_grad()
+    def prepare_decoding(self, features: list[torch.Tensor], min_channels: int = 64,
+                         max_bytes: int = 640 * 2**20) -> PreparedFeatures:
+        """Arrange ``encode``'s features for fast decoding (see :class:`PreparedFeatures`).
+
+        Maps are projected coarsest first while they have at least ``min_channels`` channels (for narrower
+        maps reading 2 * hidden values costs more than the product it replaces) and the projected tables fit in
+        ``max_bytes``; the rest stay raw.
+        """
+        displacements = len(self.displacements)
+        width = self.fc_0.out_channels
+        weight = self.fc_0.weight[:, :, 0].reshape(width, -1, displacements)  # (2h, C_all, 7)
+        starts = [0]
+        for feature in features:
+            starts.append(starts[-1] + feature.shape[1])
+        project, budget = set(), max_bytes
+        for level in reversed(range(len(features))):
+            feature = features[level]
+            size = displacements * width * feature[:, 0].numel() * feature.element_size()
+            if feature.shape[1] < min_channels or size > budget:
+                break
+            project.add(level)
+            budget -= size
+        levels = []
+        for level, feature in enumerate(features):
+            block = weight[:, starts[level]:starts[level + 1]]  # (2h, C, 7)
+            channels_last = feature.movedim(1, -1)  # (B, D, H, W, C)
+            if level in project:
+                tables = [(channels_last @ block[:, :, d].T).reshape(-1, width).contiguous()
+                          for d in range(displacements)]
+                levels.append((tuple(feature.shape[2:]), tables, None))
+            else:
+                table = channels_last.reshape(-1, feature.shape[1]).contiguous()
+                # rows of the sampled (N, C, 7) block flattened C-major, as the first layer reads them
+                levels.append((tuple(feature.shape[2:]), [table] * displacements,
+                               block.reshape(width, -1).T.contiguous()))
+        return PreparedFeatures(levels)
+
+    def decode(self, features: list[torch.Tensor] | PreparedFeatures, points: torch.Tensor) -> torch.Tensor:
+        """Occupancy logits (B, N) of points (B, N, 3) in [-1, 1] (array axis order) given ``encode``'s output
+        (or its :meth:`prepare_decoding`)."""
         batch, count, _ = points.shape
         neighbours = points[:, None, :, :] + self.displacements.to(points.dtype)[None, :, None, :]  # (B, 7, N, 3)
-        # grid_sample takes (x, y, z) = (W, H, D): the one place array-order points are flipped
-        sample_at = neighbours.flip(-1)[:, None]  # (B, 1, 7, N, 3)
-        sampled = [F.grid_sample(f.to(points.dtype), sample_at, mode="bilinear", padding_mode="border",
-                                 align_corners=False) for f in features]  # each (B, C, 1, 7, N)
-        net = torch.cat(sampled, dim=1).reshape(batch, -1, count)
-        net = F.relu(self.fc_0(net))
+        if isinstance(features, PreparedFeatures):
+            net = self._first_layer_prepared(features, neighbours).reshape(batch, count, -1).transpose(1, 2)
+        else:
+            # grid_sample takes (x, y, z) = (W, H, D): the one place array-order points are flipped
+            sample_at = neighbours.flip(-1)[:, None]  # (B, 1, 7, N, 3)
+            sampled = [F.grid_sample(f.to(points.dtype), sample_at, mode="bilinear", padding_mode="border",
+                                     align_corners=False) for f in features]  # each (B, C, 1, 7, N)
+            net = self.fc_0(torch.cat(sampled, dim=1).reshape(batch, -1, count))
+        net = F.relu(net)
         net = F.relu(self.fc_1(net))
         net = F.relu(self.fc_2(net))
         return self.fc_out(net).squeeze(1)
+
+    def _first_layer_prepared(self, features: PreparedFeatures, neighbours: torch.Tensor) -> torch.Tensor:
+        """First decoder layer before its ReLU, (B * N, 2 * hidden), from prepared features."""
+        out = None
+        corners: dict = {}
+        for shape, tables, weight in features.levels:
+            reads = []
+            for d, table in enumerate(tables):
+                if (shape, d) not in corners:
+                    corners[(shape, d)] = trilinear_corners(neighbours[:, d], shape)
+                rows, weights = corners[(shape, d)]
+                read = F.embedding_bag(rows, table, per_sample_weights=weights.to(table.dtype), mode="sum")
+                if weight is None:  # projected: already in the first layer's space
+                    out = read if out is None else out.add_(read)
+                else:
+                    reads.append(read)
+            if weight is not None:
+                part = torch.stack(reads, dim=-1).flatten(1) @ weight  # (B * N, C, 7) -> (B * N, 2h)
+                out = part if out is None else out.add_(part)
+        return out.add_(self.fc_0.bias)
 
     def forward(self, grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Occupancy logits (B, N) of ``points`` (B, N, 3) for the grids (B, 1, R, R, R)."""
