@@ -1,0 +1,86 @@
+"""The QC benchmark's corruption generators on real masks: each changes what it says, and seeds are honoured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from shapeqc import qc_corruptions as qc
+
+
+@pytest.fixture(scope="module")
+def masks(adrenal_val_masks):
+    return [m.astype(bool) for m in adrenal_val_masks[:4]]
+
+
+RANDOM_FAMILIES = ["perlin_add", "perlin_remove", "cube_add", "cube_remove", "island", "plane_cut", "hole"]
+
+
+@pytest.mark.parametrize("family", sorted(qc.FAMILIES))
+def test_same_seed_same_corruption_and_every_family_changes_the_mask(family, masks):
+    generate, severities = qc.FAMILIES[family]
+    for kwargs in severities:
+        first, again = generate(masks[0], 5, **kwargs), generate(masks[0], 5, **kwargs)
+        assert first.dtype == bool and first.shape == masks[0].shape
+        assert np.array_equal(first, again)
+        assert qc.volume_change(masks[0], first) > 0.0
+    if family in RANDOM_FAMILIES:
+        assert any(not np.array_equal(generate(m, 5, **severities[0]), generate(m, 6, **severities[0]))
+                   for m in masks)
+
+
+@pytest.mark.parametrize("family, grows", [("perlin_add", True), ("cube_add", True), ("dilation", True),
+                                           ("island", True), ("perlin_remove", False), ("cube_remove", False),
+                                           ("erosion", False), ("plane_cut", False), ("hole", False),
+                                           ("dropped_slices", False)])
+def test_additions_only_add_and_removals_only_remove(family, grows, masks):
+    generate, severities = qc.FAMILIES[family]
+    for mask in masks:
+        out = generate(mask, 1, **severities[-1])
+        assert (out >= mask).all() if grows else (out <= mask).all()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_plane_cut_removes_the_stated_fraction(fraction, masks):
+    for mask in masks:
+        assert qc.volume_change(mask, qc.plane_cut(mask, 2, fraction)) == pytest.approx(fraction, abs=0.01)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2])
+def test_island_is_a_separate_ball_of_the_stated_volume(fraction, masks):
+    for mask in masks:
+        out = qc.island(mask, 3, fraction)
+        assert qc.volume_change(mask, out) == pytest.approx(fraction, rel=0.15)
+        _, components = ndimage.label(out)
+        _, before = ndimage.label(mask)
+        assert components == before + 1
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.15])
+def test_hole_is_inside_and_about_the_stated_volume(fraction, masks):
+    for mask in masks:
+        out = qc.hole(mask, 4, fraction)
+        assert 0.5 * fraction <= qc.volume_change(mask, out) <= 1.05 * fraction
+
+
+@pytest.mark.parametrize("slices", [1, 3])
+def test_dropped_slices_empties_exactly_that_many_axial_slices(slices, masks):
+    for mask in masks:
+        out = qc.dropped_slices(mask, 7, slices)
+        emptied = [k for k in range(mask.shape[2]) if mask[:, :, k].any() and not out[:, :, k].any()]
+        assert len(emptied) == slices and emptied == list(range(emptied[0], emptied[0] + slices))
+        changed = np.flatnonzero((mask != out).any(axis=(0, 1)))
+        assert set(changed) == set(emptied)
+
+
+def test_dilation_and_erosion_are_scipy_morphology(masks):
+    mask = masks[0]
+    assert np.array_equal(qc.dilated(mask, 0, 2), ndimage.binary_dilation(mask, iterations=2))
+    assert np.array_equal(qc.eroded(mask, 0, 1), ndimage.binary_erosion(mask))
+
+
+def test_swap_puts_the_donor_shape_on_the_organ(masks):
+    out = qc.swapped(masks[0], 0, masks[1])
+    assert out.sum() == masks[1].sum()  # nothing of the donor falls off the array here
+    assert np.abs(np.argwhere(out).mean(0) - np.argwhere(masks[0]).mean(0)).max() <= 0.5 + 1e-6
