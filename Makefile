@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,deploy]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -20,9 +20,10 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m shapeqc.demo
 
+# Holoscan (the Deploy app's runtime) wants a 32 MB stack
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	ulimit -s 32768 && $(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -76,6 +76,26 @@ def _load_done(journal: Path) -> dict:
     return done
 
 
+def analyse_case(case: str, path: str, bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
+                 map_version: str = "auto") -> list[dict]:
+    """Every organ any of ``bundles`` covers in one case, as :func:`run_batch` analyses it (the Deploy app's
+    unit of work): one record per organ, outputs under ``out_dir/<case>/<organ>``."""
+    return [analyse_organ(path, target, bundle, Path(out_dir) / case / str(target or bundle.name), case,
+                          map_version=map_version)
+            for bundle in bundles for target in organs_for(path, bundle, organ)]
+
+
+def find_bundles(paths: list[str | os.PathLike]) -> list[Path]:
+    """Bundle folders: each path is a bundle (has configs/metadata.json) or a folder of bundles."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "configs" / "metadata.json").exists():
+            found.append(path)
+        else:
+            found += sorted(p.parent.parent for p in path.glob("*/configs/metadata.json"))
+    return found
+
+
 _WORKER_BUNDLES: list[Bundle] = []
 
 

@@ -84,16 +84,14 @@ def _new_bundle(args: argparse.Namespace) -> int:
 
 def _analyse(args: argparse.Namespace) -> int:
     from shapeqc.analysis import load_bundle
-    from shapeqc.batch import run_batch
+    from shapeqc.batch import find_bundles, run_batch
 
     device = args.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    paths = list(args.bundle or [])
-    for folder in args.bundles or []:
-        paths += sorted(str(p.parent.parent) for p in Path(folder).glob("*/configs/metadata.json"))
+    paths = list(args.bundle or []) + find_bundles(args.bundles or [])
     if not paths:
         raise SystemExit("shapeqc analyse: give --bundle DIR (repeatable) or --bundles FOLDER")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -1,0 +1,47 @@
+"""shapeqc as a MONAI Deploy application: segmentations in, shape-QC reports out.
+
+    python app -i INPUT -o OUTPUT -m MODELS        # or HOLOSCAN_INPUT_PATH / _OUTPUT_PATH / _MODEL_PATH
+
+INPUT: a NIfTI segmentation, a folder of them (recursive) or TotalSegmentator output trees. MODELS: a shapeqc
+bundle folder or a folder of bundles (the repository's ``bundles/``). OUTPUT: what ``shapeqc analyse`` writes
+(per-organ NIfTI/STL/PNG, report.json/.csv/.html, errors.csv, records.jsonl).
+
+Operators: CaseLoaderOperator (one case per call) -> ShapeQCOperator (bundles loaded once; shapeqc's analysis)
+-> ReportWriterOperator (journal per case, reports after the last).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from case_loader_operator import CaseLoaderOperator
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import Application
+from report_writer_operator import ReportWriterOperator
+from shape_qc_operator import ShapeQCOperator
+
+from shapeqc.reports import write_reports
+
+
+class ShapeQCApp(Application):
+    """Compose: loader -> shape QC -> report writer."""
+
+    def compose(self) -> None:
+        logger = logging.getLogger(type(self).__name__)
+        context = Application.init_app_context(self.argv)
+        input_path, output_path = Path(context.input_path), Path(context.output_path)
+        output_path.mkdir(parents=True, exist_ok=True)
+        cases = CaseLoaderOperator.discover(input_path)
+        logger.info(f"{len(cases)} case(s) under {input_path}; models {context.model_path}; output {output_path}")
+        if not cases:
+            write_reports([], output_path)  # an empty but complete report, not a silent nothing
+        loader = CaseLoaderOperator(self, CountCondition(self, len(cases)), cases=cases,
+                                    name="case_loader")
+        shape_qc = ShapeQCOperator(self, models_path=context.model_path, output_path=output_path,
+                                   device=os.environ.get("SHAPEQC_DEVICE", "auto"),
+                                   organ=os.environ.get("SHAPEQC_ORGAN") or None, name="shape_qc")
+        writer = ReportWriterOperator(self, output_path=output_path, name="report_writer")
+        self.add_flow(loader, shape_qc, {("case", "case")})
+        self.add_flow(shape_qc, writer, {("records", "records")})

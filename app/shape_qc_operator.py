@@ -1,0 +1,54 @@
+"""ShapeQCOperator: every organ any trained bundle covers in one case -> analysis records."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from shapeqc.analysis import load_bundle
+from shapeqc.batch import analyse_case, find_bundles
+from shapeqc.bundles import UntrainedBundleError
+
+
+class ShapeQCOperator(Operator):
+    """Loads every trained bundle under ``models_path`` once, at start-up, then analyses each case it receives
+    with ``shapeqc``'s own analysis (the code ``shapeqc analyse`` runs: same records, same output files).
+
+    Named input:
+        case: dict from :class:`CaseLoaderOperator`.
+    Named output:
+        records: dict ``{"case": <the case>, "records": [record, ...]}``.
+    """
+
+    def __init__(self, fragment: Fragment, *args, models_path: str | Path, output_path: str | Path,
+                 device: str = "auto", organ: str | None = None, **kwargs) -> None:
+        import torch
+
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self._logger.info(f"shape QC runs on {'the GPU' if device.startswith('cuda') else 'the CPU'} ({device})")
+        self.bundles = []
+        for bundle_dir in find_bundles([models_path]):
+            try:
+                self.bundles.append(load_bundle(bundle_dir, device))
+            except UntrainedBundleError as error:
+                self._logger.warning(f"skipped {bundle_dir}: {error}")
+        if not self.bundles:
+            raise ValueError(f"{models_path}: no trained shapeqc bundle (a bundle folder or a folder of bundles)")
+        self._logger.info(f"bundles: {', '.join(b.name for b in self.bundles)}")
+        self.output_path = Path(output_path)
+        self.organ = organ
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("case")
+        spec.output("records")
+
+    def compute(self, op_input, op_output, context) -> None:
+        case = op_input.receive("case")
+        records = analyse_case(case["case"], case["path"], self.bundles, self.output_path, organ=self.organ)
+        op_output.emit({"case": case, "records": records}, "records")
