@@ -2,7 +2,8 @@
 
     python app -i INPUT -o OUTPUT -m MODELS        # or HOLOSCAN_INPUT_PATH / _OUTPUT_PATH / _MODEL_PATH
 
-INPUT: a NIfTI segmentation, a folder of them (recursive) or TotalSegmentator output trees. MODELS: a shapeqc
+INPUT: a NIfTI segmentation, a folder of them (recursive), TotalSegmentator output trees, or DICOM SEG files.
+MODELS: a shapeqc
 bundle folder or a folder of bundles (the repository's ``bundles/``). OUTPUT: what ``shapeqc analyse`` writes
 (per-organ NIfTI/STL/PNG, report.json/.csv/.html, errors.csv, records.jsonl).
 
@@ -33,7 +34,7 @@ class ShapeQCApp(Application):
         context = Application.init_app_context(self.argv)
         input_path, output_path = Path(context.input_path), Path(context.output_path)
         output_path.mkdir(parents=True, exist_ok=True)
-        cases = CaseLoaderOperator.discover(input_path)
+        cases = CaseLoaderOperator.discover(input_path, output_path / "dicom_inputs")
         logger.info(f"{len(cases)} case(s) under {input_path}; models {context.model_path}; output {output_path}")
         if not cases:
             write_reports([], output_path)  # an empty but complete report, not a silent nothing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from dicom_seg_input import NotADicomSegError, dicom_seg_to_nifti, find_dicom_files
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from shapeqc.batch import discover_cases
@@ -14,29 +15,39 @@ class CaseLoaderOperator(Operator):
     """Emits one case per ``compute``: ``{"case", "path", "index", "total"}``.
 
     Input forms are those of ``shapeqc analyse`` (a NIfTI file, a folder searched recursively, TotalSegmentator
-    output trees); DICOM SEG files are converted first by :mod:`dicom_seg_input` (see ``app.py``). Schedule it
+    output trees) and DICOM SEG files (converted first by :mod:`dicom_seg_input`). Schedule it
     with ``CountCondition(count=len(operator.cases))`` so that it runs once per case.
 
     Named output:
         case: dict, one case.
     """
 
-    def __init__(self, fragment: Fragment, *args, cases: list[tuple[str, str]], **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, cases: list[dict], **kwargs) -> None:
         self.cases = list(cases)
         self._next = 0
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         super().__init__(fragment, *args, **kwargs)
 
     @staticmethod
-    def discover(input_path: str | Path) -> list[tuple[str, str]]:
-        """(case id, path) of every case under ``input_path``, as ``shapeqc analyse`` finds them."""
-        return discover_cases([str(input_path)])
+    def discover(input_path: str | Path, converted_dir: str | Path) -> list[dict]:
+        """Every case under ``input_path``: ``{"case", "path"}`` as ``shapeqc analyse`` finds NIfTI inputs, plus
+        each DICOM SEG converted to a labelled NIfTI in ``converted_dir`` (``"dicom": <SEG path>``); a DICOM
+        file that is not a SEG becomes ``{"case", "path", "error": reason}``."""
+        cases = [{"case": case, "path": path} for case, path in discover_cases([str(input_path)])]
+        for dicom in find_dicom_files(input_path):
+            case = dicom.name.removesuffix(".dcm")
+            try:
+                converted, _ = dicom_seg_to_nifti(dicom, Path(converted_dir) / f"{case}.nii.gz")
+                cases.append({"case": case, "path": str(converted), "dicom": str(dicom)})
+            except NotADicomSegError as error:
+                cases.append({"case": case, "path": str(dicom), "error": f"dicom: {error}"})
+        return cases
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.output("case")
 
     def compute(self, op_input, op_output, context) -> None:
-        case, path = self.cases[self._next]
-        self._logger.info(f"case {self._next + 1}/{len(self.cases)}: {case} ({path})")
-        op_output.emit({"case": case, "path": path, "index": self._next, "total": len(self.cases)}, "case")
+        case = self.cases[self._next]
+        self._logger.info(f"case {self._next + 1}/{len(self.cases)}: {case['case']} ({case['path']})")
+        op_output.emit({**case, "index": self._next, "total": len(self.cases)}, "case")
         self._next += 1

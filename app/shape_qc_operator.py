@@ -7,7 +7,7 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from shapeqc.analysis import load_bundle
+from shapeqc.analysis import error_record, load_bundle
 from shapeqc.batch import analyse_case, find_bundles
 from shapeqc.bundles import UntrainedBundleError
 
@@ -50,5 +50,11 @@ class ShapeQCOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         case = op_input.receive("case")
-        records = analyse_case(case["case"], case["path"], self.bundles, self.output_path, organ=self.organ)
+        if "error" in case:  # an input that is no segmentation: one error record per bundle, the batch goes on
+            records = [error_record(case["case"], case["path"], None, bundle.name, case["error"])
+                       for bundle in self.bundles]
+        else:
+            records = analyse_case(case["case"], case["path"], self.bundles, self.output_path, organ=self.organ)
+            for record in records:
+                record["input"] = case.get("dicom", record["input"])  # name the file the user gave
         op_output.emit({"case": case, "records": records}, "records")

@@ -148,6 +148,13 @@ def score_organ(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str
     return reconstruction, scores
 
 
+def error_record(case: str, source: str, organ: str | None, bundle: str, reason: str) -> dict:
+    """A record for an input that failed before any organ could be analysed (same fields as analyse_organ's)."""
+    return {"case": case, "input": str(source), "organ": organ, "bundle": bundle, "status": "error",
+            "reason": reason, "outlier": None, "scores": None, "thresholds": None, "defects": [], "outputs": {},
+            "timings": {}, "seconds": 0.0}
+
+
 def analyse_organ(source: str, organ: str | None, bundle: Bundle, out_dir: str | os.PathLike | None,
                   case: str, map_version: str = "auto", min_defect_ml: float = 0.01) -> dict:
     """Analyse one organ; never raises for bad input: the record says ``error`` or ``not_judged``."""

@@ -33,6 +33,7 @@ def grid_logits(network: torch.nn.Module, grid: torch.Tensor, margin: int | None
     """
     features = network.encode(grid)
     prepare = getattr(network, "prepare_decoding", None)
+    decode_points = network.decode_prepared if prepare is not None else network.decode
     batch, _, *shape = grid.shape
     out = torch.full((batch, 1, *shape), OUTSIDE_LOGIT, dtype=torch.float32, device=grid.device)
     for b in range(batch):
@@ -45,7 +46,7 @@ def grid_logits(network: torch.nn.Module, grid: torch.Tensor, margin: int | None
         item_features = [f[b:b + 1] for f in features]
         if prepare is not None:
             item_features = prepare(item_features)
-        logits = torch.cat([network.decode(item_features, coords[start:start + chunk_points][None])[0]
+        logits = torch.cat([decode_points(item_features, coords[start:start + chunk_points][None])[0]
                             for start in range(0, len(coords), chunk_points)])
         region = region or tuple(slice(0, n) for n in shape)
         out[b, 0][region] = logits.reshape([s.stop - s.start for s in region]).float()
@@ -127,8 +128,10 @@ def coarse_to_fine_logits(network: torch.nn.Module, grid: torch.Tensor, start_st
         if region is None:
             return out, 0
     features = network.encode(grid)
+    decode_points = network.decode
     if hasattr(network, "prepare_decoding"):
         features = network.prepare_decoding(features)
+        decode_points = network.decode_prepared
     encoded = time.perf_counter()
     low = torch.tensor([s.start for s in region], device=device)
     high = torch.tensor([s.stop - 1 for s in region], device=device)
@@ -137,7 +140,7 @@ def coarse_to_fine_logits(network: torch.nn.Module, grid: torch.Tensor, start_st
     def decode(indices: torch.Tensor) -> torch.Tensor:
         voxels = torch.minimum(indices + low, high)
         coords = (2.0 * voxels.float() + 1.0) / size - 1.0
-        return torch.cat([network.decode(features, coords[start:start + chunk_points][None])[0].float()
+        return torch.cat([decode_points(features, coords[start:start + chunk_points][None])[0].float()
                           for start in range(0, len(coords), chunk_points)])
 
     stride = start_stride

@@ -16,6 +16,7 @@ from shapeqc.batch import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
+sys.path.insert(0, str(ROOT / "app"))  # the app's modules import as `python app` runs them
 
 
 
@@ -96,3 +97,121 @@ def test_app_configuration_matches_pyproject():
     expected = [f"{project['name']}=={project['version']}", *project["dependencies"],
                 *project["optional-dependencies"]["deploy"]]
     assert requirements == expected
+
+
+def ct_series_with_uids(folder: Path) -> list:
+    """The real example CT series (its identifiers are blank in the shared copy: fill them, deterministically)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    series = sorted((pydicom.dcmread(str(p)) for p in folder.iterdir()), key=lambda d: float(d.ImagePositionPatient[2]))
+    for index, dataset in enumerate(series):
+        dataset.SOPClassUID = dataset.SOPClassUID or "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+        dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            if not getattr(dataset, key, ""):
+                setattr(dataset, key, generate_uid(entropy_srcs=["shapeqc test", key]))
+        if not getattr(dataset, "SOPInstanceUID", ""):
+            dataset.SOPInstanceUID = generate_uid(entropy_srcs=["shapeqc test", "sop", str(index)])
+    return series
+
+
+def labels_on_dicom_frames(series: list, segmentation: Path):
+    """The NIfTI label map sampled at every pixel centre of every CT frame (frames, rows, columns)."""
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.load(str(segmentation))
+    labels, to_voxel = np.asarray(image.dataobj), np.linalg.inv(image.affine)
+    frames = []
+    for dataset in series:
+        rows, columns = np.mgrid[0:dataset.Rows, 0:dataset.Columns]
+        orientation = np.asarray(dataset.ImageOrientationPatient, float)
+        row_spacing, column_spacing = map(float, dataset.PixelSpacing)
+        lps = (np.asarray(dataset.ImagePositionPatient, float) + np.outer(columns.ravel() * column_spacing,
+               orientation[:3]) + np.outer(rows.ravel() * row_spacing, orientation[3:]))
+        voxel = np.rint(np.c_[lps * [-1, -1, 1], np.ones(len(lps))] @ to_voxel.T)[:, :3].astype(int)
+        inside = np.all((voxel >= 0) & (voxel < labels.shape), axis=1)
+        frame = np.zeros(len(lps), labels.dtype)
+        frame[inside] = labels[tuple(voxel[inside].T)]
+        frames.append(frame.reshape(dataset.Rows, dataset.Columns))
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def dicom_inputs(tmp_path_factory, totalseg):
+    """A DICOM SEG built from the real example CT series and TotalSegmentator's segmentation of it, plus one CT
+    slice (a DICOM that is not a SEG)."""
+    import highdicom as hd
+    import numpy as np
+    from pydicom.sr.codedict import codes
+
+    from transforms.class_maps import class_map
+
+    reference = totalseg / "reference"
+    series = ct_series_with_uids(reference / "example_ct_dicom")
+    labels = labels_on_dicom_frames(series, reference / "example_seg_dicom.nii.gz")
+    names = class_map("v2")
+    present = [int(v) for v in np.unique(labels) if v]
+    algorithm = hd.AlgorithmIdentificationSequence(name="TotalSegmentator", version="2",
+                                                   family=codes.DCM.ArtificialIntelligence)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=index + 1, segment_label=names[value].replace("_", " "),
+        segmented_property_category=codes.SCT.AnatomicalStructure, segmented_property_type=codes.SCT.Organ,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+        for index, value in enumerate(present)]
+    segmentation = hd.seg.Segmentation(
+        source_images=series, pixel_array=np.stack([labels == v for v in present], axis=-1).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=100, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="shapeqc tests", manufacturer_model_name="tests", software_versions="0",
+        device_serial_number="0")
+    folder = tmp_path_factory.mktemp("dicom_inputs")
+    segmentation.save_as(str(folder / "totalseg.dcm"))
+    series[0].save_as(str(folder / "ct_slice.dcm"))
+    return folder, {index + 1: (value, names[value]) for index, value in enumerate(present)}
+
+
+def test_dicom_seg_is_read_back_voxel_for_voxel_with_organ_names(dicom_inputs, totalseg, tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from dicom_seg_input import dicom_seg_to_nifti
+
+    folder, segments = dicom_inputs
+    path, read_names = dicom_seg_to_nifti(folder / "totalseg.dcm", tmp_path / "seg.nii.gz")
+    # labels written "vertebrae T11", "adrenal gland right": read back as TotalSegmentator's names
+    assert read_names == {number: name for number, (_, name) in segments.items()}
+    converted = nib.load(str(path))
+    original = nib.load(str(totalseg / "reference" / "example_seg_dicom.nii.gz"))
+
+    def positions_mm(image, value):
+        voxels = np.argwhere(np.asarray(image.dataobj) == value)
+        return np.c_[voxels, np.ones(len(voxels))] @ image.affine.T
+
+    for number, (value, _) in segments.items():  # the same voxels at the same scanner positions (RAS mm)
+        ours, theirs = positions_mm(converted, number), positions_mm(original, value)
+        assert len(ours) == len(theirs)
+        np.testing.assert_allclose(ours.mean(axis=0), theirs.mean(axis=0), atol=1e-3)
+
+
+def test_app_on_dicom_seg_and_a_ct_slice(dicom_inputs, totalseg, tmp_path):
+    folder, _ = dicom_inputs
+    run_app(folder, tmp_path / "app", models=BUNDLES / "adrenal_gland")
+    records = json.loads((tmp_path / "app" / "report.json").read_text())
+    by_case = {}
+    for record in records:
+        by_case.setdefault(record["case"], []).append(record)
+    assert [r["status"] for r in by_case["ct_slice"]] == ["error"]
+    assert "not a DICOM SEG (Modality CT)" in by_case["ct_slice"][0]["reason"]
+    assert "ct_slice.dcm" in (tmp_path / "app" / "errors.csv").read_text()
+    seg_records = {r["organ"]: r for r in by_case["totalseg"]}
+    assert set(seg_records) == {"adrenal_gland_right"}  # the only adrenal gland in these 20 slices
+    assert seg_records["adrenal_gland_right"]["input"].endswith("totalseg.dcm")
+    # the same organ analysed from TotalSegmentator's own NIfTI gives the same record
+    reference = totalseg / "reference" / "example_seg_dicom.nii.gz"
+    cli = run_batch([str(reference)], [load_bundle(BUNDLES / "adrenal_gland")], tmp_path / "cli", progress=False)
+    expected = next(r for r in cli if r["organ"] == "adrenal_gland_right")
+    got = seg_records["adrenal_gland_right"]
+    assert (got["status"], got["reason"]) == (expected["status"], expected["reason"])
+    if expected["scores"]:
+        assert got["scores"] == pytest.approx(expected["scores"], abs=1e-6)

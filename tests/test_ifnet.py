@@ -111,6 +111,6 @@ def test_prepared_decoding_equals_plain_decoding(preset, projected):
     with torch.no_grad():
         features = net.encode(grid)
         prepared = net.prepare_decoding(features)
-        plain, fast = net.decode(features, points), net.decode(prepared, points)
+        plain, fast = net.decode(features, points), net.decode_prepared(prepared, points)
     assert sum(weight is None for _, _, weight in prepared.levels) == projected
     torch.testing.assert_close(fast, plain, rtol=0, atol=2e-5)

@@ -151,8 +151,15 @@ def check_same_grid(
         raise AffineMismatchError(path, f"affine differs from the reference affine by up to {difference:.4g} mm")
 
 
-def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
-    """Write a (D, H, W) volume as NIfTI with ``affine`` (bool masks as uint8); creates parent folders."""
+def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray,
+                 label_names: dict[int, str] | None = None) -> Path:
+    """Write a (D, H, W) volume as NIfTI with ``affine`` (bool masks as uint8); creates parent folders.
+
+    ``label_names`` (label id -> name) go into the header as a Caret XML label table, the form TotalSegmentator
+    2 writes and :func:`read_label_names` reads.
+    """
+    from xml.sax.saxutils import escape
+
     import nibabel as nib
 
     path = Path(path)
@@ -163,5 +170,12 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray)
     image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
     image.set_qform(np.asarray(affine, dtype=np.float64), code=1)
     image.set_sform(np.asarray(affine, dtype=np.float64), code=1)
+    if label_names:
+        labels = "".join(f'<Label Key="{int(key)}" Red="1" Green="1" Blue="1" Alpha="1">{escape(name)}</Label>'
+                         for key, name in sorted(label_names.items()))
+        table = f"<CaretExtension><VolumeInformation><LabelTable>{labels}</LabelTable></VolumeInformation>" \
+                "</CaretExtension>"
+        # code 0, as TotalSegmentator writes it (nibabel reads code 30 back as an opaque extension)
+        image.header.extensions.append(nib.nifti1.Nifti1Extension(0, table.encode("utf-8")))
     nib.save(image, str(path))
     return path

@@ -133,6 +133,7 @@ class IFNet(nn.Module):
             features.append(net)
         return features
 
+    @torch.jit.unused
     @torch.no_grad()
     def prepare_decoding(self, features: list[torch.Tensor], min_channels: int = 64,
                          max_bytes: int = 640 * 2**20) -> PreparedFeatures:
@@ -171,24 +172,33 @@ class IFNet(nn.Module):
                                block.reshape(width, -1).T.contiguous()))
         return PreparedFeatures(levels)
 
-    def decode(self, features: list[torch.Tensor] | PreparedFeatures, points: torch.Tensor) -> torch.Tensor:
-        """Occupancy logits (B, N) of points (B, N, 3) in [-1, 1] (array axis order) given ``encode``'s output
-        (or its :meth:`prepare_decoding`)."""
+    def decode(self, features: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
+        """Occupancy logits (B, N) of points (B, N, 3) in [-1, 1] (array axis order) given ``encode``'s output."""
         batch, count, _ = points.shape
         neighbours = points[:, None, :, :] + self.displacements.to(points.dtype)[None, :, None, :]  # (B, 7, N, 3)
-        if isinstance(features, PreparedFeatures):
-            net = self._first_layer_prepared(features, neighbours).reshape(batch, count, -1).transpose(1, 2)
-        else:
-            # grid_sample takes (x, y, z) = (W, H, D): the one place array-order points are flipped
-            sample_at = neighbours.flip(-1)[:, None]  # (B, 1, 7, N, 3)
-            sampled = [F.grid_sample(f.to(points.dtype), sample_at, mode="bilinear", padding_mode="border",
-                                     align_corners=False) for f in features]  # each (B, C, 1, 7, N)
-            net = self.fc_0(torch.cat(sampled, dim=1).reshape(batch, -1, count))
-        net = F.relu(net)
+        # grid_sample takes (x, y, z) = (W, H, D): the one place array-order points are flipped
+        sample_at = neighbours.flip(-1)[:, None]  # (B, 1, 7, N, 3)
+        sampled = [F.grid_sample(f.to(points.dtype), sample_at, mode="bilinear", padding_mode="border",
+                                 align_corners=False) for f in features]  # each (B, C, 1, 7, N)
+        return self._decoder_tail(self.fc_0(torch.cat(sampled, dim=1).reshape(batch, -1, count)))
+
+    @torch.jit.unused
+    def decode_prepared(self, features: PreparedFeatures, points: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` from :meth:`prepare_decoding`'s output: the same logits to float rounding, faster
+        (inference only; TorchScript export keeps the plain path)."""
+        batch, count, _ = points.shape
+        neighbours = points[:, None, :, :] + self.displacements.to(points.dtype)[None, :, None, :]  # (B, 7, N, 3)
+        first = self._first_layer_prepared(features, neighbours)
+        return self._decoder_tail(first.reshape(batch, count, -1).transpose(1, 2))
+
+    def _decoder_tail(self, first_layer: torch.Tensor) -> torch.Tensor:
+        """(B, 2 * hidden, N) first-layer pre-activations -> (B, N) logits."""
+        net = F.relu(first_layer)
         net = F.relu(self.fc_1(net))
         net = F.relu(self.fc_2(net))
         return self.fc_out(net).squeeze(1)
 
+    @torch.jit.unused
     def _first_layer_prepared(self, features: PreparedFeatures, neighbours: torch.Tensor) -> torch.Tensor:
         """First decoder layer before its ReLU, (B * N, 2 * hidden), from prepared features."""
         out = None
