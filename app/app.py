@@ -8,7 +8,8 @@ bundle folder or a folder of bundles (the repository's ``bundles/``). OUTPUT: wh
 (per-organ NIfTI/STL/PNG, report.json/.csv/.html, errors.csv, records.jsonl).
 
 Operators: CaseLoaderOperator (one case per call) -> ShapeQCOperator (bundles loaded once; shapeqc's analysis)
--> ReportWriterOperator (journal per case, reports after the last).
+-> DicomWriterOperator (DICOM SEG of the difference map + PDF summary, for DICOM SEG inputs) ->
+ReportWriterOperator (journal per case, reports after the last).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from pathlib import Path
 
 from case_loader_operator import CaseLoaderOperator
+from dicom_writer_operator import DicomWriterOperator
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application
 from report_writer_operator import ReportWriterOperator
@@ -43,6 +45,8 @@ class ShapeQCApp(Application):
         shape_qc = ShapeQCOperator(self, models_path=context.model_path, output_path=output_path,
                                    device=os.environ.get("SHAPEQC_DEVICE", "auto"),
                                    organ=os.environ.get("SHAPEQC_ORGAN") or None, name="shape_qc")
+        dicom_writer = DicomWriterOperator(self, output_path=output_path, name="dicom_writer")
         writer = ReportWriterOperator(self, output_path=output_path, name="report_writer")
         self.add_flow(loader, shape_qc, {("case", "case")})
-        self.add_flow(shape_qc, writer, {("records", "records")})
+        self.add_flow(shape_qc, dicom_writer, {("records", "records")})
+        self.add_flow(dicom_writer, writer, {("records", "records")})

@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dicom_seg_input import NotADicomSegError, dicom_seg_to_nifti, find_dicom_files
+from dicom_seg_input import (
+    NotADicomSegError,
+    dicom_seg_to_nifti,
+    find_dicom_files,
+    read_dicom_header,
+    referenced_series_uids,
+)
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from shapeqc.batch import discover_cases
@@ -31,16 +37,35 @@ class CaseLoaderOperator(Operator):
     @staticmethod
     def discover(input_path: str | Path, converted_dir: str | Path) -> list[dict]:
         """Every case under ``input_path``: ``{"case", "path"}`` as ``shapeqc analyse`` finds NIfTI inputs, plus
-        each DICOM SEG converted to a labelled NIfTI in ``converted_dir`` (``"dicom": <SEG path>``); a DICOM
-        file that is not a SEG becomes ``{"case", "path", "error": reason}``."""
+        each DICOM SEG converted to a labelled NIfTI in ``converted_dir`` (``"dicom": <SEG path>``,
+        ``"source_series"``: the input's images of the series the SEG references, for DICOM outputs); a DICOM
+        file that is neither a SEG nor an image of a segmented series becomes ``{"case", "path", "error"}``."""
         cases = [{"case": case, "path": path} for case, path in discover_cases([str(input_path)])]
+        segmentations, others = [], {}
         for dicom in find_dicom_files(input_path):
+            header = read_dicom_header(dicom)
+            if header is not None and getattr(header, "Modality", None) == "SEG":
+                segmentations.append((dicom, referenced_series_uids(header)))
+            else:
+                others[dicom] = header
+        referenced = set().union(*(uids for _, uids in segmentations)) if segmentations else set()
+        for dicom, uids in segmentations:
             case = dicom.name.removesuffix(".dcm")
+            source = sorted(str(p) for p, h in others.items() if h is not None and h.SeriesInstanceUID in uids)
             try:
-                converted, _ = dicom_seg_to_nifti(dicom, Path(converted_dir) / f"{case}.nii.gz")
-                cases.append({"case": case, "path": str(converted), "dicom": str(dicom)})
+                converted, _ = dicom_seg_to_nifti(dicom, Path(converted_dir) / f"{case}.nii.gz", source)
             except NotADicomSegError as error:
                 cases.append({"case": case, "path": str(dicom), "error": f"dicom: {error}"})
+                continue
+            cases.append({"case": case, "path": str(converted), "dicom": str(dicom), "source_series": source})
+        for dicom, header in others.items():  # images of a segmented series are sources, anything else an error
+            if header is not None and getattr(header, "SeriesInstanceUID", None) in referenced:
+                continue
+            modality = None if header is None else getattr(header, "Modality", None)
+            reason = ("unreadable DICOM" if header is None
+                      else f"not a DICOM SEG (Modality {modality}): only segmentations can be judged")
+            cases.append({"case": dicom.name.removesuffix(".dcm"), "path": str(dicom),
+                          "error": f"dicom: {NotADicomSegError(dicom, reason)}"})
         return cases
 
     def setup(self, spec: OperatorSpec) -> None:

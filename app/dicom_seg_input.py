@@ -44,6 +44,21 @@ def find_dicom_files(input_path: str | Path) -> list[Path]:
     return [p for p in candidates if is_dicom_file(p)]
 
 
+def read_dicom_header(path: str | Path):
+    """The DICOM header without pixels, or None when pydicom cannot read it."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:
+        return None
+
+
+def referenced_series_uids(header) -> set[str]:
+    """SeriesInstanceUIDs a SEG header references (its source images' series)."""
+    return {str(item.SeriesInstanceUID) for item in getattr(header, "ReferencedSeriesSequence", [])}
+
+
 def organ_name(segment_label: str) -> str:
     """A segment label as a TotalSegmentator organ name where one matches (case aside: "vertebrae T11" ->
     ``vertebrae_T11``, "Left adrenal gland" -> ``adrenal_gland_left``), else the label in snake case."""
@@ -58,10 +73,15 @@ def organ_name(segment_label: str) -> str:
     return snake
 
 
-def dicom_seg_to_nifti(path: str | Path, out_path: str | Path) -> tuple[Path, dict[int, str]]:
+def dicom_seg_to_nifti(path: str | Path, out_path: str | Path,
+                       source_series: list[str | Path] | None = None) -> tuple[Path, dict[int, str]]:
     """Convert one DICOM SEG to a labelled NIfTI; returns (NIfTI path, segment number -> organ name).
 
-    Raises NotADicomSegError for any other DICOM (the reason names its modality) or an unreadable SEG.
+    A SEG may omit frames where no segment is present (highdicom does by default), so its own volume can end
+    at the organ's last slice, which the analysis would read as an organ cut by the scan border. With
+    ``source_series`` (the files of the segmented image series), the label map is placed on that series' full
+    grid; without it, on the SEG's own frames. Raises NotADicomSegError for any other DICOM (the reason names
+    its modality) or an unreadable SEG.
     """
     import highdicom as hd
     import pydicom
@@ -78,6 +98,9 @@ def dicom_seg_to_nifti(path: str | Path, out_path: str | Path) -> tuple[Path, di
         names = {int(n): organ_name(segmentation.get_segment_description(n).segment_label)
                  for n in segmentation.segment_numbers}
         volume = segmentation.get_volume(combine_segments=True, relabel=False, skip_overlap_checks=False)
+        if source_series:
+            source = [pydicom.dcmread(str(p)) for p in source_series]
+            volume = volume.match_geometry(hd.get_volume_from_series(source).get_geometry())
     except Exception as error:
         raise NotADicomSegError(path, f"unreadable DICOM SEG ({type(error).__name__}: {error})") from error
     labels = np.asarray(volume.array).astype(np.uint16 if max(names, default=0) > 255 else np.uint8)

@@ -18,7 +18,7 @@ from transforms.boundary_samples import BoundarySampled
 
 
 def refined_network(network: nn.Module, grid: torch.Tensor, steps: int, learning_rate: float = 1e-4,
-                    num_points: int = 20_000, seed: int = 0) -> nn.Module:
+                    num_points: int = 5_000, seed: int = 0) -> nn.Module:
     """A copy of ``network`` whose encoder was fitted to reproduce ``grid`` for ``steps`` Adam steps.
 
     Args:

@@ -141,9 +141,12 @@ def labels_on_dicom_frames(series: list, segmentation: Path):
 @pytest.fixture(scope="module")
 def dicom_inputs(tmp_path_factory, totalseg):
     """A DICOM SEG built from the real example CT series and TotalSegmentator's segmentation of it, plus one CT
-    slice (a DICOM that is not a SEG)."""
+    slice of another series (a DICOM that is not a SEG)."""
+    import copy
+
     import highdicom as hd
     import numpy as np
+    import pydicom
     from pydicom.sr.codedict import codes
 
     from transforms.class_maps import class_map
@@ -168,7 +171,9 @@ def dicom_inputs(tmp_path_factory, totalseg):
         device_serial_number="0")
     folder = tmp_path_factory.mktemp("dicom_inputs")
     segmentation.save_as(str(folder / "totalseg.dcm"))
-    series[0].save_as(str(folder / "ct_slice.dcm"))
+    stray = copy.deepcopy(series[0])  # a CT image of another series: not a SEG, not a source of one
+    stray.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["another series"])
+    stray.save_as(str(folder / "ct_slice.dcm"))
     return folder, {index + 1: (value, names[value]) for index, value in enumerate(present)}
 
 
@@ -215,3 +220,88 @@ def test_app_on_dicom_seg_and_a_ct_slice(dicom_inputs, totalseg, tmp_path):
     assert (got["status"], got["reason"]) == (expected["status"], expected["reason"])
     if expected["scores"]:
         assert got["scores"] == pytest.approx(expected["scores"], abs=1e-6)
+
+
+def gland_on_dicom_frames(series: list, mask) -> object:
+    """A real adrenal gland (1 mm mask) placed at the centre of the CT series' grid, its shortest extent along
+    the slice axis (the series is only 40 mm thick): (frames, rows, columns) bool, nearest neighbour."""
+    import numpy as np
+
+    occupied = np.argwhere(mask)
+    order = np.argsort(occupied.max(0) - occupied.min(0))[::-1]  # longest, middle, shortest -> x, y, z
+    gland = np.transpose(mask, order)
+    centre_voxel = (np.argwhere(gland).min(0) + np.argwhere(gland).max(0)) / 2.0
+    corners = [np.asarray(d.ImagePositionPatient, float) for d in (series[0], series[-1])]
+    orientation = np.asarray(series[0].ImageOrientationPatient, float)
+    spacing = np.asarray(series[0].PixelSpacing, float)
+    centre_mm = (corners[0] + corners[1]) / 2 + orientation[:3] * spacing[1] * series[0].Columns / 2 \
+        + orientation[3:] * spacing[0] * series[0].Rows / 2
+    frames = []
+    for dataset in series:
+        rows, columns = np.mgrid[0:dataset.Rows, 0:dataset.Columns]
+        lps = (np.asarray(dataset.ImagePositionPatient, float) + np.outer(columns.ravel() * spacing[1],
+               orientation[:3]) + np.outer(rows.ravel() * spacing[0], orientation[3:]))
+        voxel = np.rint(lps - centre_mm + centre_voxel).astype(int)
+        inside = np.all((voxel >= 0) & (voxel < gland.shape), axis=1)
+        frame = np.zeros(len(lps), bool)
+        frame[inside] = gland[tuple(voxel[inside].T)]
+        frames.append(frame.reshape(dataset.Rows, dataset.Columns))
+    return np.stack(frames)
+
+
+def test_app_writes_a_dicom_seg_of_the_difference_and_a_pdf_summary(totalseg, adrenal_val_masks, tmp_path):
+    """A SEG of a real gland on the real CT series, with the series beside it: the app's DICOM SEG output,
+    read back with highdicom, holds exactly the difference map; the CT slices are sources, not errors."""
+    import highdicom as hd
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    series = ct_series_with_uids(totalseg / "reference" / "example_ct_dicom")
+    gland = gland_on_dicom_frames(series, adrenal_val_masks[1])
+    assert gland.sum() > 1000 and not gland[0].any() and not gland[-1].any()
+    algorithm = hd.AlgorithmIdentificationSequence(name="test", version="1", family=codes.DCM.ArtificialIntelligence)
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Left adrenal gland", segmented_property_category=codes.SCT.Organ,
+        segmented_property_type=codes.SCT.Organ, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+    segmentation = hd.seg.Segmentation(
+        source_images=series, pixel_array=gland.astype(np.uint8), segmentation_type="BINARY",
+        segment_descriptions=[description], series_instance_uid=hd.UID(), series_number=100,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="shapeqc tests", manufacturer_model_name="t",
+        software_versions="0", device_serial_number="0")
+    inputs = tmp_path / "in"
+    (inputs / "ct").mkdir(parents=True)
+    segmentation.save_as(str(inputs / "gland_seg.dcm"))
+    for index, dataset in enumerate(series):
+        dataset.save_as(str(inputs / "ct" / f"{index:03d}.dcm"))
+    stray = pydicom.dcmread(str(inputs / "ct" / "000.dcm"))
+    stray.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["another series"])
+    stray.save_as(str(inputs / "stray_ct.dcm"))
+
+    run_app(inputs, tmp_path / "out", models=BUNDLES / "adrenal_gland")
+    records = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {(r["case"], r["status"]) for r in records if r["status"] == "error"} == {("stray_ct", "error")}
+    record = next(r for r in records if r["case"] == "gland_seg")
+    assert record["organ"] == "adrenal_gland_left" and record["status"] in ("ok", "outlier")
+    difference_image = nib.load(record["outputs"]["difference"])
+    difference = np.asarray(difference_image.dataobj)
+    assert (difference > 0).any()
+    written = hd.seg.segread(record["outputs"]["dicom_seg"])
+    assert written.ReferencedSeriesSequence[0].SeriesInstanceUID == series[0].SeriesInstanceUID
+    labels = {n: written.get_segment_description(n).segment_label for n in written.segment_numbers}
+    volume = written.get_volume(combine_segments=False)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine  # LPS -> RAS
+    for number, label in labels.items():
+        kind = 1 if "over" in label else 2
+        ours = np.argwhere(np.asarray(volume.array)[..., number - 1] > 0)
+        theirs = np.argwhere(difference == kind)
+        assert len(ours) == len(theirs)
+        np.testing.assert_allclose((np.c_[ours, np.ones(len(ours))] @ affine.T).mean(0),
+                                   (np.c_[theirs, np.ones(len(theirs))] @ difference_image.affine.T).mean(0),
+                                   atol=1e-3)
+    summary = pydicom.dcmread(record["outputs"]["dicom_summary_pdf"])
+    assert summary.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1"
+    assert summary.EncapsulatedDocument[:4] == b"%PDF"
+    assert summary.StudyInstanceUID == series[0].StudyInstanceUID
