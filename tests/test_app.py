@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "app"))  # the app's modules import as `python app
 def run_app(inputs: Path, output: Path, models: Path = BUNDLES, env: dict | None = None,
             use_flags: bool = True) -> subprocess.CompletedProcess:
     """`python app -i INPUT -o OUTPUT -m MODELS` (or the HOLOSCAN_* variables) in a 32 MB stack."""
-    command = f"ulimit -s 32768 && exec {sys.executable} app"
+    command = f"ulimit -s 32768 2>/dev/null; exec {sys.executable} app"
     if use_flags:
         command += f" -i '{inputs}' -o '{output}' -m '{models}'"
     result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=900,
