@@ -84,3 +84,24 @@ def test_swap_puts_the_donor_shape_on_the_organ(masks):
     out = qc.swapped(masks[0], 0, masks[1])
     assert out.sum() == masks[1].sum()  # nothing of the donor falls off the array here
     assert np.abs(np.argwhere(out).mean(0) - np.argwhere(masks[0]).mean(0)).max() <= 0.5 + 1e-6
+
+
+def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
+    """benchmarks/qc_quality.py end to end: 2 clean val masks, one family, baselines on 20 training masks."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "qc_quality.py"), "--cases", "2",
+                             "--train-limit", "20", "--families", "plane_cut", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "qc_quality.md").read_text()
+    assert '| plane_cut {"fraction": 0.1} | 2 | 0.100 |' in table
+    assert "E rules" in table and "Quality estimation" in table
+    scores = json.loads((tmp_path / "qc_quality.json").read_text())
+    assert scores["clean_cases"] == 2 and scores["corrupted_cases"] == 4
+    assert set(scores["families"]) == {'plane_cut {"fraction": 0.1}', 'plane_cut {"fraction": 0.3}'}
+    assert (tmp_path / "qc_quality_roc.png").stat().st_size > 10_000
