@@ -132,8 +132,8 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
             for case, path in cases for index, bundle in enumerate(bundles)
             for target in organs_for(path, bundle, organ) if (case, target, bundle.name) not in done]
     started = time.perf_counter()
-    finished_cases: set = set()
     remaining = {case: sum(job[4] == case for job in jobs) for case, _ in cases}
+    finished_cases = {case for case, count in remaining.items() if count == 0}  # nothing (left) to analyse
 
     def finish(record: dict, log) -> None:
         log.write(json.dumps(record) + "\n")
