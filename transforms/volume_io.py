@@ -23,10 +23,31 @@ from transforms.errors import (
 )
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+# NRRD (like DICOM) states positions in LPS; NIfTI and this project use RAS
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def is_nifti_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_nrrd_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NRRD_SUFFIXES)
+
+
+def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(array indexed like the NRRD's own axes (i, j, k), RAS affine) through ITK, which reads the NRRD
+    ``space`` (LPS, RAS, ...) into its LPS physical space."""
+    import itk
+
+    image = itk.imread(str(path))
+    array = np.transpose(itk.array_from_image(image), tuple(reversed(range(image.GetImageDimension()))))
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(image.GetDirection(), dtype=np.float64)[:3, :3] * spacing[None, :3]
+    affine[:3, 3] = np.asarray(image.GetOrigin(), dtype=np.float64)[:3]
+    return np.ascontiguousarray(array), LPS_TO_RAS @ affine
 
 
 def strip_nifti_suffix(name: str) -> str:
@@ -73,7 +94,7 @@ def validate_volume(array: np.ndarray, path: str | os.PathLike | None) -> np.nda
 
 
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read one NIfTI file into ``(array (D, H, W), affine (4, 4) float64)``, validated.
+    """Read one NIfTI or NRRD file into ``(array (D, H, W), affine (4, 4) float64, RAS)``, validated.
 
     Raises:
         MissingFileError, UnreadableImageError, NotVolumeError, NaNValuesError, InvalidAffineError.
@@ -84,13 +105,17 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise MissingFileError(path, "file does not exist")
     if path.is_dir():
-        raise UnreadableImageError(path, "is a folder, expected a NIfTI file")
+        raise UnreadableImageError(path, "is a folder, expected a NIfTI or NRRD file")
     try:
-        image = nib.load(str(path))
-        array = np.asanyarray(image.dataobj)
-        affine = image.affine
+        if is_nrrd_path(path):
+            array, affine = _read_nrrd(path)
+        else:
+            image = nib.load(str(path))
+            array = np.asanyarray(image.dataobj)
+            affine = image.affine
     except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
-        raise UnreadableImageError(path, f"cannot read as NIfTI ({type(exc).__name__}: {exc})") from exc
+        kind = "NRRD" if is_nrrd_path(path) else "NIfTI"
+        raise UnreadableImageError(path, f"cannot read as {kind} ({type(exc).__name__}: {exc})") from exc
     if affine is None:
         raise InvalidAffineError(path, "file has no voxel-to-world affine")
     array = validate_volume(array, path)
