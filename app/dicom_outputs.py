@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from transforms.volume_io import LPS_TO_RAS
+
 # difference map values (shapeqc.defects): 1 only in the segmentation, 2 only in the reconstruction
 DIFFERENCE_SEGMENTS = {1: "suspected over-segmentation", 2: "suspected under-segmentation"}
 
@@ -41,7 +42,7 @@ def difference_seg(difference_path: str | Path, source_series: list, organ: str,
     if not kinds:
         return None
     volume = hd.Volume(np.stack([difference == value for value in kinds], axis=-1).astype(np.uint8),
-                       RAS_TO_LPS @ image.affine, coordinate_system="PATIENT",
+                       LPS_TO_RAS @ image.affine, coordinate_system="PATIENT",  # its own inverse
                        frame_of_reference_uid=source_series[0].FrameOfReferenceUID,
                        channels={"SegmentNumber": list(range(1, len(kinds) + 1))})
     algorithm = hd.AlgorithmIdentificationSequence(name="shapeqc", version="0.1.0",

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from transforms.class_maps import class_map
-from transforms.volume_io import write_volume
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from transforms.volume_io import LPS_TO_RAS, write_volume
 
 
 class NotADicomSegError(ValueError):

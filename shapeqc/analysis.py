@@ -57,16 +57,21 @@ def load_thresholds(bundle_dir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _assemble_bundle(bundle_dir: Path, metadata: dict, network: torch.nn.Module, canonical_grid_transforms: list,
+                     device: str | torch.device, refine_steps: int) -> Bundle:
+    to_grid = next(t for t in canonical_grid_transforms if isinstance(t, ToCanonicalGridd))
+    return Bundle(path=bundle_dir, metadata=metadata, network=network.eval(), to_grid=to_grid,
+                  thresholds=load_thresholds(bundle_dir), device=torch.device(device),
+                  organs=list(metadata.get("organs", [])), refine_steps=int(refine_steps))
+
+
 def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu", refine_steps: int = 0) -> Bundle:
     """Load a trained bundle (UntrainedBundleError for an untrained one)."""
     bundle_dir = Path(bundle_dir)
     metadata = trained_bundle(bundle_dir)
     network, parser = load_bundle_network(bundle_dir, device)
-    to_grid = next(t for t in parser.get_parsed_content("canonical_grid_transforms")
-                   if isinstance(t, ToCanonicalGridd))
-    return Bundle(path=bundle_dir, metadata=metadata, network=network, to_grid=to_grid,
-                  thresholds=load_thresholds(bundle_dir), device=torch.device(device),
-                  organs=list(metadata.get("organs", [])), refine_steps=int(refine_steps))
+    return _assemble_bundle(bundle_dir, metadata, network, parser.get_parsed_content("canonical_grid_transforms"),
+                            device, refine_steps)
 
 
 def bundle_from_config(bundle_root: str | os.PathLike, network: torch.nn.Module, canonical_grid_transforms: list,
@@ -76,10 +81,8 @@ def bundle_from_config(bundle_root: str | os.PathLike, network: torch.nn.Module,
     bundle_root = Path(bundle_root)
     metadata_path = bundle_root / "configs" / "metadata.json"
     metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
-    to_grid = next(t for t in canonical_grid_transforms if isinstance(t, ToCanonicalGridd))
-    return Bundle(path=bundle_root.resolve(), metadata=metadata, network=network.eval(), to_grid=to_grid,
-                  thresholds=load_thresholds(bundle_root), device=torch.device(device),
-                  organs=list(metadata.get("organs", [])), refine_steps=int(refine_steps))
+    return _assemble_bundle(bundle_root.resolve(), metadata, network, canonical_grid_transforms, device,
+                            refine_steps)
 
 
 def select_profile(thresholds: dict | None, spacing_mm) -> dict | None:

@@ -76,13 +76,20 @@ def _load_done(journal: Path) -> dict:
     return done
 
 
+def case_jobs(case: str, path: str, bundles: list[Bundle], out_dir: str | os.PathLike,
+              organ: str | None = None) -> list[tuple[str, str | None, int, str, str]]:
+    """(path, organ, bundle index, organ output folder ``out_dir/<case>/<organ>``, case) for every organ any of
+    ``bundles`` covers in one case."""
+    return [(path, target, index, str(Path(out_dir) / case / str(target or bundle.name)), case)
+            for index, bundle in enumerate(bundles) for target in organs_for(path, bundle, organ)]
+
+
 def analyse_case(case: str, path: str, bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
                  map_version: str = "auto") -> list[dict]:
     """Every organ any of ``bundles`` covers in one case, as :func:`run_batch` analyses it (the Deploy app's
     unit of work): one record per organ, outputs under ``out_dir/<case>/<organ>``."""
-    return [analyse_organ(path, target, bundle, Path(out_dir) / case / str(target or bundle.name), case,
-                          map_version=map_version)
-            for bundle in bundles for target in organs_for(path, bundle, organ)]
+    return [analyse_organ(path, target, bundles[index], organ_dir, case, map_version=map_version)
+            for path, target, index, organ_dir, case in case_jobs(case, path, bundles, out_dir, organ)]
 
 
 def find_bundles(paths: list[str | os.PathLike]) -> list[Path]:
@@ -128,9 +135,8 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
     write_atomic(journal, "".join(json.dumps(record) + "\n" for record in done.values()))
     cases = discover_cases(inputs)[rank::world]  # round-robin shards: every rank gets a similar mix
     records = list(done.values())
-    jobs = [(path, target, index, str(out_dir / case / str(target or bundle.name)), case)
-            for case, path in cases for index, bundle in enumerate(bundles)
-            for target in organs_for(path, bundle, organ) if (case, target, bundle.name) not in done]
+    jobs = [job for case, path in cases for job in case_jobs(case, path, bundles, out_dir, organ)
+            if (case, job[1], bundles[job[2]].name) not in done]
     started = time.perf_counter()
     remaining = {case: sum(job[4] == case for job in jobs) for case, _ in cases}
     finished_cases = {case for case, count in remaining.items() if count == 0}  # nothing (left) to analyse

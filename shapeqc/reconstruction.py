@@ -23,6 +23,14 @@ def voxel_centre_coords(shape: tuple[int, int, int], region: tuple[slice, slice,
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
+def prepared_decoder(network: torch.nn.Module, features: list[torch.Tensor]):
+    """(features, decode function) for inference: the network's fast prepared path when it has one
+    (``IFNet.prepare_decoding`` / ``decode_prepared``), else its plain ``decode``."""
+    if hasattr(network, "prepare_decoding"):
+        return network.prepare_decoding(features), network.decode_prepared
+    return features, network.decode
+
+
 @torch.no_grad()
 def grid_logits(network: torch.nn.Module, grid: torch.Tensor, margin: int | None = None,
                 chunk_points: int = 32_768) -> torch.Tensor:
@@ -32,8 +40,6 @@ def grid_logits(network: torch.nn.Module, grid: torch.Tensor, margin: int | None
     get :data:`OUTSIDE_LOGIT`); decoding runs in chunks of ``chunk_points`` so memory stays bounded.
     """
     features = network.encode(grid)
-    prepare = getattr(network, "prepare_decoding", None)
-    decode_points = network.decode_prepared if prepare is not None else network.decode
     batch, _, *shape = grid.shape
     out = torch.full((batch, 1, *shape), OUTSIDE_LOGIT, dtype=torch.float32, device=grid.device)
     for b in range(batch):
@@ -43,9 +49,7 @@ def grid_logits(network: torch.nn.Module, grid: torch.Tensor, margin: int | None
             if region is None:
                 continue
         coords = voxel_centre_coords(tuple(shape), region, grid.device)
-        item_features = [f[b:b + 1] for f in features]
-        if prepare is not None:
-            item_features = prepare(item_features)
+        item_features, decode_points = prepared_decoder(network, [f[b:b + 1] for f in features])
         logits = torch.cat([decode_points(item_features, coords[start:start + chunk_points][None])[0]
                             for start in range(0, len(coords), chunk_points)])
         region = region or tuple(slice(0, n) for n in shape)
@@ -127,11 +131,7 @@ def coarse_to_fine_logits(network: torch.nn.Module, grid: torch.Tensor, start_st
         region = organ_box((grid[0, 0] > 0.5).cpu().numpy(), margin)
         if region is None:
             return out, 0
-    features = network.encode(grid)
-    decode_points = network.decode
-    if hasattr(network, "prepare_decoding"):
-        features = network.prepare_decoding(features)
-        decode_points = network.decode_prepared
+    features, decode_points = prepared_decoder(network, network.encode(grid))
     encoded = time.perf_counter()
     low = torch.tensor([s.start for s in region], device=device)
     high = torch.tensor([s.stop - 1 for s in region], device=device)

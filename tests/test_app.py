@@ -116,6 +116,17 @@ def ct_series_with_uids(folder: Path) -> list:
     return series
 
 
+def pixel_positions_lps(dataset):
+    """(rows * columns, 3) LPS mm of every pixel centre of one DICOM frame, row-major."""
+    import numpy as np
+
+    rows, columns = np.mgrid[0:dataset.Rows, 0:dataset.Columns]
+    orientation = np.asarray(dataset.ImageOrientationPatient, float)
+    row_spacing, column_spacing = map(float, dataset.PixelSpacing)
+    return (np.asarray(dataset.ImagePositionPatient, float) + np.outer(columns.ravel() * column_spacing,
+            orientation[:3]) + np.outer(rows.ravel() * row_spacing, orientation[3:]))
+
+
 def labels_on_dicom_frames(series: list, segmentation: Path):
     """The NIfTI label map sampled at every pixel centre of every CT frame (frames, rows, columns)."""
     import nibabel as nib
@@ -125,11 +136,7 @@ def labels_on_dicom_frames(series: list, segmentation: Path):
     labels, to_voxel = np.asarray(image.dataobj), np.linalg.inv(image.affine)
     frames = []
     for dataset in series:
-        rows, columns = np.mgrid[0:dataset.Rows, 0:dataset.Columns]
-        orientation = np.asarray(dataset.ImageOrientationPatient, float)
-        row_spacing, column_spacing = map(float, dataset.PixelSpacing)
-        lps = (np.asarray(dataset.ImagePositionPatient, float) + np.outer(columns.ravel() * column_spacing,
-               orientation[:3]) + np.outer(rows.ravel() * row_spacing, orientation[3:]))
+        lps = pixel_positions_lps(dataset)
         voxel = np.rint(np.c_[lps * [-1, -1, 1], np.ones(len(lps))] @ to_voxel.T)[:, :3].astype(int)
         inside = np.all((voxel >= 0) & (voxel < labels.shape), axis=1)
         frame = np.zeros(len(lps), labels.dtype)
@@ -238,9 +245,7 @@ def gland_on_dicom_frames(series: list, mask) -> object:
         + orientation[3:] * spacing[0] * series[0].Rows / 2
     frames = []
     for dataset in series:
-        rows, columns = np.mgrid[0:dataset.Rows, 0:dataset.Columns]
-        lps = (np.asarray(dataset.ImagePositionPatient, float) + np.outer(columns.ravel() * spacing[1],
-               orientation[:3]) + np.outer(rows.ravel() * spacing[0], orientation[3:]))
+        lps = pixel_positions_lps(dataset)
         voxel = np.rint(lps - centre_mm + centre_voxel).astype(int)
         inside = np.all((voxel >= 0) & (voxel < gland.shape), axis=1)
         frame = np.zeros(len(lps), bool)
