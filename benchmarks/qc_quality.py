@@ -29,21 +29,47 @@ METHODS = ("shapeqc_dice", "shapeqc_asd", "shapeqc_hd95", "shapeqc_max_sd", "A_v
 SHAPEQC = {"shapeqc_dice": "dice", "shapeqc_asd": "asd_mm", "shapeqc_hd95": "hd95_mm", "shapeqc_max_sd": "max_sd_mm"}
 
 
-def load_masks(dataset_dir: str, split: str, limit: int | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    from shapeqc.training_data import adrenalmnist3d_split
-    from transforms.organ_loading import load_organ_mask
+def bundle_datalist(bundle_dir: Path, dataset_dir: str, name: str) -> list[dict]:
+    """The bundle's own datalist ``name`` (``train#datalist``, ``validate#datalist``, ``plausible#datalist``) from
+    its train.yaml: the benchmark uses exactly the split the bundle was trained and validated on."""
+    from shapeqc.bundles import bundle_parser
 
+    parser = bundle_parser(bundle_dir, dataset_dir=dataset_dir, val_limit=None)
+    return list(parser.get_parsed_content(name)) if name.split("#")[0] in parser.config else []
+
+
+def crop_with_margin(mask: np.ndarray, affine: np.ndarray, margin: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """The organ's box grown by ``margin`` voxels (zero-padded past the array), with its affine: corruptions of a
+    CT organ then work on a small array instead of the whole 512 x 512 x N scan."""
+    found = np.argwhere(mask)
+    low, high = found.min(0) - margin, found.max(0) + margin + 1
+    pad = [(max(0, -lo), max(0, hi - n)) for lo, hi, n in zip(low, high, mask.shape, strict=True)]
+    padded = np.pad(mask, pad)
+    start = low + np.array([p[0] for p in pad])
+    crop = padded[tuple(slice(a, a + (hi - lo)) for a, lo, hi in zip(start, low, high, strict=True))]
+    shifted = affine.copy()
+    shifted[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
+    return np.ascontiguousarray(crop), shifted
+
+
+def load_masks(items: list[dict], limit: int | None) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """(case id, mask (D, H, W) bool cropped around the organ, affine (4, 4) RAS, organ) per datalist item."""
+    from transforms.organ_loading import LoadOrganMaskd
+
+    load = LoadOrganMaskd("mask")
     masks = []
-    for item in adrenalmnist3d_split(dataset_dir, split, limit):
-        mask, affine, _ = load_organ_mask(item["mask"], affine=item.get("affine"), npz_array=item.get("npz_array"),
-                                          npz_index=item.get("npz_index"))
-        masks.append((item["case_id"], mask.astype(bool), affine))
+    for item in items[:limit] if limit else items:
+        loaded = load(dict(item))
+        mask, affine = crop_with_margin(loaded["mask"] > 0, loaded["affine"])
+        case = item["case_id"] if not item.get("organ") or "/" in str(item["case_id"]) else (
+            f"{item['case_id']}/{item['organ']}")
+        masks.append((case, mask, affine, str(item.get("organ") or "")))
     return masks
 
 
-def canonical(bundle, mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def canonical(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> np.ndarray:
     return np.asarray(bundle.to_grid({"mask": mask.astype(np.uint8), "affine": affine,
-                                      "organ": bundle.organs[-1] if bundle.organs else ""})["mask"])[0] > 0.5
+                                      "organ": organ})["mask"])[0] > 0.5
 
 
 def corrupted_cases(clean, families: list[str], donors) -> list[dict]:
@@ -51,11 +77,11 @@ def corrupted_cases(clean, families: list[str], donors) -> list[dict]:
     from transforms.corruption import stable_seed
 
     cases = []
-    for index, (case_id, mask, affine) in enumerate(clean):
+    for index, (case_id, mask, affine, organ) in enumerate(clean):
         for family in families:
             if family == "swap":
-                donor = donors[index % len(donors)]
-                variants = [("swap", {}, qc.swapped(mask, 0, donor))]
+                donor, donor_affine = donors[index]
+                variants = [("swap", {}, qc.swapped(mask, 0, donor, affine, donor_affine))]
             else:
                 generate, severities = qc.FAMILIES[family]
                 variants = []
@@ -67,20 +93,20 @@ def corrupted_cases(clean, families: list[str], donors) -> list[dict]:
                         continue  # e.g. no room for an island in this crop
             for name, kwargs, corrupted in variants:
                 cases.append({"case": case_id, "family": name, "params": kwargs, "mask": corrupted,
-                              "affine": affine, "clean": mask,
+                              "affine": affine, "clean": mask, "organ": organ,
                               "volume_change": qc.volume_change(mask, corrupted),
                               "true_dice": float(2 * (corrupted & mask).sum() / max(corrupted.sum() + mask.sum(), 1))})
     return cases
 
 
-def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray) -> dict:
+def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
     from shapeqc.analysis import score_organ
     from shapeqc.qc_baselines import shape_descriptors, volume_ml
 
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     scores: dict = {}
     try:
-        _, shape_scores = score_organ(bundle, mask, affine, bundle.organs[-1] if bundle.organs else "", {})
+        _, shape_scores = score_organ(bundle, mask, affine, organ, {})
         scores.update({method: shape_scores[metric] for method, metric in SHAPEQC.items()})
         scores["shapeqc_status"] = "judged"
     except Exception as error:  # truncated or empty: shapeqc reports it (not_judged), counted as flagged
@@ -90,7 +116,7 @@ def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray) -> 
     scores["A_volume_z"] = baselines["A"].score(volume)
     scores["B_descriptors"] = baselines["B"].score(shape_descriptors(mask))
     try:
-        grid = canonical(bundle, mask, affine)
+        grid = canonical(bundle, mask, affine, organ)
         scores["C_linear_ssm"] = baselines["C"].score(grid)
         scores["D_nearest_dice"] = baselines["D"].score(grid)
     except Exception:
@@ -132,21 +158,28 @@ def main() -> None:
     families = [*FAMILIES, "swap"] if args.families == "all" else args.families.split(",")
 
     bundle = load_bundle(args.bundle)
-    train = load_masks(args.data, "train", args.train_limit)
-    voxel_ml = [float(abs(np.linalg.det(a[:3, :3]))) / 1000.0 for _, _, a in train]
-    volumes = [volume_ml(m, v) for (_, m, _), v in zip(train, voxel_ml, strict=True)]
-    grids = np.stack([canonical(bundle, m, a) for _, m, a in train])
+    train = load_masks(bundle_datalist(args.bundle, args.data, "train#datalist"), args.train_limit)
+    voxel_ml = [float(abs(np.linalg.det(a[:3, :3]))) / 1000.0 for _, _, a, _ in train]
+    volumes = [volume_ml(m, v) for (_, m, _, _), v in zip(train, voxel_ml, strict=True)]
+    grids = np.stack([canonical(bundle, m, a, o) for _, m, a, o in train])
     baselines = {"A": VolumeZScore().fit(volumes),
-                 "B": DescriptorMahalanobis().fit(np.stack([shape_descriptors(m) for _, m, _ in train])),
+                 "B": DescriptorMahalanobis().fit(np.stack([shape_descriptors(m) for _, m, _, _ in train])),
                  "C": LinearShapeModel().fit(grids), "D": NearestNeighbourDice().fit(grids),
                  "E": ScreeningRules().fit(volumes)}
-    clean = load_masks(args.data, "val", args.cases)
-    # swap donors: other val subjects (training shapes would hand baselines C and D a perfect match)
-    donors = [m for _, m, _ in clean[1:] + clean[:1]]
+    clean = load_masks(bundle_datalist(args.bundle, args.data, "validate#datalist"), args.cases)
+    # swap donors: the next val subject with the same organ (training shapes would hand baselines C and D a
+    # perfect match)
+    donors = []
+    for index, (_, _, _, organ) in enumerate(clean):
+        same = [c for c in clean[index + 1:] + clean[:index] if c[3] == organ] or [clean[index]]
+        donors.append((same[0][1], same[0][2]))
     cases = corrupted_cases(clean, families, donors)
-    clean_scores = [score_all(bundle, baselines, m, a) for _, m, a in clean]
+    clean_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in clean]
     for case in cases:
-        case["scores"] = score_all(bundle, baselines, case["mask"], case["affine"])
+        case["scores"] = score_all(bundle, baselines, case["mask"], case["affine"], case["organ"])
+    # a real "plausible but different" set where the bundle has one (another rater's masks of the val scans)
+    plausible = load_masks(bundle_datalist(args.bundle, args.data, "plausible#datalist"), args.cases)
+    plausible_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in plausible]
 
     profile = next(p for p in bundle.thresholds["profiles"] if p.get("spacing_mm") is None)
     shipped = profile["metrics"]["dice"]["threshold"]
@@ -190,7 +223,16 @@ def main() -> None:
         below = true[judged] < 0.8
         if below.any() and (~below).any():
             estimation["auroc_true_dice_below_0.8"] = auroc(-predicted[judged][below], -predicted[judged][~below])
+    other = {}
+    if plausible_scores:
+        other = {"cases": len(plausible_scores),
+                 "fpr_at_shipped_threshold": float(np.mean([s["shapeqc_dice"] < shipped for s in plausible_scores]))}
+        for method in METHODS:
+            values = badness(method, [s[method] for s in plausible_scores])
+            other[method] = {"fpr": float(np.mean(values > cut[method])),
+                             "auroc_vs_clean": auroc(values, badness(method, [s[method] for s in clean_scores]))}
     result = {"bundle": str(args.bundle.name), "clean_cases": len(clean), "corrupted_cases": len(cases),
+              "plausible_set": other,
               "train_masks": len(train), "shipped_dice_threshold": shipped,
               "clean_fpr_at_shipped_threshold": clean_fpr_shipped, "families": table, "overall": overall,
               "quality_estimation": estimation, "seconds": round(time.perf_counter() - started, 1)}
@@ -208,7 +250,8 @@ def markdown(result: dict, args) -> str:
              "A_volume_z": "A vol z", "B_descriptors": "B descr", "C_linear_ssm": "C SSM", "D_nearest_dice": "D NN",
              "E_rules": "E rules"}
     lines = [f"# QC benchmark: bundle `{result['bundle']}`", "",
-             f"Command: `python benchmarks/qc_quality.py --cases {args.cases} --train-limit {args.train_limit} "
+             f"Command: `python benchmarks/qc_quality.py --bundle bundles/{result['bundle']} --cases {args.cases} "
+             f"--train-limit {args.train_limit} --out {display_path(args.out)} "
              f"--families {args.families}` ({result['seconds']:.0f} s). Clean cases: {result['clean_cases']} real val "
              f"masks; corrupted: {result['corrupted_cases']}; baselines fitted on {result['train_masks']} training "
              "masks.", "",
@@ -231,6 +274,15 @@ def markdown(result: dict, args) -> str:
         lines.append(row(f"{name.replace(entry['family'], entry['family'] + mark, 1)}", entry))
     for name, entry in result["overall"].items():
         lines.append(row(f"**{name}**", entry))
+    other = result.get("plausible_set")
+    if other:
+        lines += ["", f"Another rater's masks of the same held-out scans ({other['cases']} real, plausible but "
+                  "different segmentations): false-positive rate at the shipped Dice threshold "
+                  f"{other['fpr_at_shipped_threshold']:.3f}; per method, false-positive rate at its 5% threshold "
+                  "(AUROC against the clean cases, 0.5 = indistinguishable):", "",
+                  "| " + " | ".join(short[m] for m in METHODS) + " |", "|" + "---|" * len(METHODS),
+                  "| " + " | ".join(f"{other[m]['fpr']:.2f} ({other[m]['auroc_vs_clean']:.2f})" for m in METHODS)
+                  + " |"]
     estimation = result["quality_estimation"]
     if estimation:
         lines += ["", "Quality estimation (nnQC protocol): Dice(input, reconstruction) as an estimate of the true "
@@ -240,6 +292,14 @@ def markdown(result: dict, args) -> str:
                   + (f", AUROC for true Dice < 0.8: {estimation['auroc_true_dice_below_0.8']:.3f}"
                      if "auroc_true_dice_below_0.8" in estimation else "") + "."]
     return "\n".join(lines) + "\n"
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (the command as a user types it)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def plot_roc(cases: list[dict], clean_scores: list[dict], out_path: Path) -> None:

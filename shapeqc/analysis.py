@@ -46,6 +46,8 @@ class Bundle:
     organs: list[str] = field(default_factory=list)
     # test-time refinement steps per organ (0: off; see shapeqc.refinement)
     refine_steps: int = 0
+    # label values making up an organ in a dataset's own label map (metadata "organ_labels"), e.g. MSD hippocampus
+    organ_labels: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -62,7 +64,8 @@ def _assemble_bundle(bundle_dir: Path, metadata: dict, network: torch.nn.Module,
     to_grid = next(t for t in canonical_grid_transforms if isinstance(t, ToCanonicalGridd))
     return Bundle(path=bundle_dir, metadata=metadata, network=network.eval(), to_grid=to_grid,
                   thresholds=load_thresholds(bundle_dir), device=torch.device(device),
-                  organs=list(metadata.get("organs", [])), refine_steps=int(refine_steps))
+                  organs=list(metadata.get("organs", [])), refine_steps=int(refine_steps),
+                  organ_labels={organ: list(labels) for organ, labels in metadata.get("organ_labels", {}).items()})
 
 
 def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu", refine_steps: int = 0) -> Bundle:
@@ -168,7 +171,8 @@ def analyse_organ(source: str, organ: str | None, bundle: Bundle, out_dir: str |
               "defects": [], "outputs": {}, "timings": timings, "seconds": None}
     try:
         start = time.perf_counter()
-        mask, affine, _ = load_organ_mask(source, organ=organ, map_version=map_version)
+        mask, affine, _ = load_organ_mask(source, organ=organ, map_version=map_version,
+                                          labels=bundle.organ_labels.get(organ or ""))
         check_organ_mask(mask, f"{source} [{organ}]" if organ else source)
         timings["load"] = time.perf_counter() - start
         reconstruction, scores = score_organ(bundle, mask, affine, organ or "", timings)

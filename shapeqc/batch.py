@@ -1,8 +1,12 @@
 """Batch analysis: find the cases, analyse every organ each bundle covers, keep going, never lose results.
 
-Inputs may be NIfTI files, folders searched recursively for NIfTI files, or TotalSegmentator output trees (a
-folder of per-organ ``<organ>.nii.gz`` files counts as one case). For each case and each organ of each bundle:
-- a binary mask is the bundle's organ (``organ`` picks one when a bundle covers several);
+Inputs may be NIfTI or NRRD files, folders searched recursively for them, or trees of per-organ folders
+(TotalSegmentator output, the head-and-neck set's ``<rater>/<scan>/segmentations/<Organ>.nrrd``; such a folder
+counts as one case). For each case and each organ of each bundle:
+- a binary mask named after an organ (``liver.nii.gz``, ``Mandible.nrrd``) goes only to the bundles covering it;
+  any other binary mask is the bundle's organ (``organ`` picks one when a bundle covers several);
+- a label map whose values all belong to one organ's label set (a bundle's ``organ_labels``, e.g. the MSD
+  hippocampus labels 1 and 2) is that organ;
 - a multi-label map or a TotalSegmentator folder is searched for every organ the bundle covers; organs absent
   from a multi-label map are skipped (a TotalSegmentator map lists far more organs than any case holds).
 Every record is appended to ``records.jsonl`` as soon as it is finished (one line each, flushed), so an
@@ -20,46 +24,82 @@ import numpy as np
 
 from shapeqc.analysis import Bundle, analyse_organ
 from shapeqc.reports import write_atomic, write_reports
-from transforms.class_maps import class_map
+from transforms.class_maps import class_map, organ_of_file_stem
 from transforms.errors import SegmentationInputError
-from transforms.volume_io import is_nifti_path, read_label_names, read_volume, strip_nifti_suffix
+from transforms.organ_loading import organ_file_in
+from transforms.volume_io import is_volume_path, read_label_names, read_volume, strip_volume_suffix
+
+SEGMENTATION_FOLDER = "segmentations"  # TotalSegmentator's and the head-and-neck set's per-organ folder name
+
+
+def _is_organ_folder(files: list[Path]) -> bool:
+    """A folder of per-organ files: at least half of its volume files are named after an organ."""
+    return bool(files) and sum(organ_of_file_stem(strip_volume_suffix(p.name)) is not None
+                               for p in files) >= max(1, len(files) // 2)
+
+
+def _case_id(folder: Path, root: Path) -> str:
+    """A per-organ folder's case id: its path below the input ``root`` (``rater/scan`` in a multi-rater tree),
+    without a trailing ``segmentations``; the folder's own name when it is the input itself."""
+    parts = list(folder.relative_to(root).parts) if folder != root else [folder.name]
+    if len(parts) > 1 and parts[-1] == SEGMENTATION_FOLDER:
+        parts = parts[:-1]
+    elif parts == [SEGMENTATION_FOLDER]:
+        parts = [folder.parent.name]
+    return "/".join(parts)
 
 
 def discover_cases(inputs: list[str]) -> list[tuple[str, str]]:
-    """(case id, path) for every input file or TotalSegmentator folder, in a stable order."""
+    """(case id, path) for every input volume file (NIfTI, NRRD) or per-organ folder, in a stable order.
+
+    A per-organ folder (TotalSegmentator output, ``<scan>/segmentations/Parotid-Lt.nrrd``, ...) is one case whose
+    id is its path below the input folder, so ``oncologist/0522c0017`` and ``radiographer/0522c0017`` stay apart.
+    Any other volume file is a case named after the file.
+    """
     cases = []
     for entry in inputs:
-        path = Path(entry)
-        if path.is_dir():
-            direct = [p for p in path.iterdir() if p.is_file() and is_nifti_path(p)]
-            known = set(class_map("v1").values()) | set(class_map("v2").values())
-            if direct and sum(strip_nifti_suffix(p.name) in known for p in direct) >= max(1, len(direct) // 2):
-                cases.append((path.name, str(path)))  # a TotalSegmentator per-organ folder
+        root = Path(entry)
+        if not root.is_dir():
+            cases.append((strip_volume_suffix(root.name), str(root)))
+            continue
+        pending = [root]
+        while pending:
+            folder = pending.pop(0)
+            files = sorted(p for p in folder.iterdir() if p.is_file() and is_volume_path(p))
+            if _is_organ_folder(files):
+                cases.append((_case_id(folder, root), str(folder)))
                 continue
-            for sub in sorted(p for p in path.iterdir() if p.is_dir()):
-                cases += discover_cases([str(sub)])
-            cases += [(strip_nifti_suffix(p.name), str(p)) for p in sorted(direct)]
-        else:
-            cases.append((strip_nifti_suffix(path.name), str(path)))
+            pending[:0] = sorted(p for p in folder.iterdir() if p.is_dir())
+            cases += [(strip_volume_suffix(p.name), str(p)) for p in files]
     return cases
 
 
 def organs_for(path: str, bundle: Bundle, organ: str | None) -> list[str | None]:
     """Which organs of ``bundle`` to analyse in ``path`` (see the module doc)."""
     wanted = [organ] if organ else bundle.organs
+    fallback = [organ or (bundle.organs[0] if bundle.organs else None)]
     source = Path(path)
     if source.is_dir():
-        return [o for o in wanted if (source / f"{o}.nii.gz").exists() or (source / f"{o}.nii").exists()]
+        return [o for o in wanted if organ_file_in(source, o) is not None]
     try:
         volume, affine = read_volume(source)
     except SegmentationInputError:
-        return [organ or (bundle.organs[0] if bundle.organs else None)]  # the record will carry the error
+        return fallback  # the record will carry the error
     values = np.unique(volume)
-    if np.all(np.isin(values, (0, 1))) and read_label_names(source) is None:
-        return [organ or (bundle.organs[0] if bundle.organs else None)]
+    names = read_label_names(source)
+    if names is None:
+        in_label_set = [o for o in wanted if o in bundle.organ_labels
+                        and np.all(np.isin(values, (0, *bundle.organ_labels[o])))]
+        if in_label_set:
+            return in_label_set
+        if np.all(np.isin(values, (0, 1))):
+            named = organ_of_file_stem(strip_volume_suffix(source.name))
+            if named is not None and not organ:  # a file named after an organ goes to the bundles covering it
+                return [named] if named in bundle.organs else []
+            return fallback
     from transforms.class_maps import detect_map_version
 
-    names = read_label_names(source) or class_map(detect_map_version(volume.astype(int), affine))
+    names = names or class_map(detect_map_version(volume.astype(int), affine))
     present = {names[int(v)] for v in values if int(v) in names}
     return [o for o in wanted if o in present]
 

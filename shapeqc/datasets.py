@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from transforms.organ_loading import read_npz_mask
-from transforms.volume_io import is_nifti_path, read_volume, strip_nifti_suffix
+from transforms.volume_io import is_nifti_path, is_volume_path, read_volume, strip_volume_suffix
 
 ADRENALMNIST_ARRAYS = ("train_images", "val_images")
 
@@ -25,7 +25,7 @@ def nifti_folder_items(folder: str | os.PathLike, load: bool = False) -> Iterato
     """One item per ``*.nii``/``*.nii.gz`` file in ``folder`` (sorted), case id = file name without suffix."""
     folder = Path(folder)
     for path in sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_path(p)):
-        item = {"case_id": strip_nifti_suffix(path.name), "mask": str(path)}
+        item = {"case_id": strip_volume_suffix(path.name), "mask": str(path)}
         if load:
             mask, affine = read_volume(path)
             item.update(mask=mask, affine=affine, source=str(path))
@@ -48,6 +48,31 @@ def totalsegmentator_tree_items(root: str | os.PathLike, organs: list[str], load
                 mask, affine = read_volume(organ_dir / f"{organ}.nii.gz")
                 item.update(mask=mask, affine=affine, source=str(organ_dir / f"{organ}.nii.gz"))
             yield item
+
+
+def headneck_tree_items(root: str | os.PathLike, organs: list[str],
+                        raters: tuple[str, ...] = ("oncologist", "radiographer")) -> Iterator[dict]:
+    """One item per (rater, scan, organ) of a multi-rater tree ``root/<rater>/<scan>/segmentations/<Organ>.nrrd``
+    (the DeepMind/UCLH head-and-neck set; organs by shapeqc name, files found under their aliases).
+
+    Case id = ``<scan>_<rater>``; ``scan`` and ``rater`` are kept for splitting by scan. Organs missing from a
+    scan are still listed (the loader reports them), so nothing drops out of the list silently.
+    """
+    root = Path(root)
+    for rater in raters:
+        for scan_dir in sorted(p for p in (root / rater).iterdir() if p.is_dir()):
+            organ_dir = scan_dir / "segmentations" if (scan_dir / "segmentations").is_dir() else scan_dir
+            for organ in organs:
+                yield {"case_id": f"{scan_dir.name}_{rater}", "scan": scan_dir.name, "rater": rater, "organ": organ,
+                       "mask": str(organ_dir)}
+
+
+def label_map_folder_items(folder: str | os.PathLike, organ: str, labels: list[int]) -> Iterator[dict]:
+    """One item per label-map file (NIfTI or NRRD) in ``folder`` whose ``labels`` together make up ``organ``
+    (MSD hippocampus: labels 1 and 2 are its anterior and posterior parts). Case id = file name without suffix."""
+    folder = Path(folder)
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_volume_path(p)):
+        yield {"case_id": strip_volume_suffix(path.name), "mask": str(path), "organ": organ, "labels": list(labels)}
 
 
 def adrenalmnist3d_items(npz_path: str | os.PathLike, arrays: tuple[str, ...] = ADRENALMNIST_ARRAYS,

@@ -135,10 +135,23 @@ def hole(mask: np.ndarray, seed: int, fraction: float = 0.1) -> np.ndarray:
     return mask & ~_ball(mask.shape, centre, radius)
 
 
-def swapped(mask: np.ndarray, seed: int, donor: np.ndarray) -> np.ndarray:
-    """Another subject's organ (``donor``, same voxel grid) in its place, centroid on the organ's centroid."""
+def swapped(mask: np.ndarray, seed: int, donor: np.ndarray, affine: np.ndarray | None = None,
+            donor_affine: np.ndarray | None = None) -> np.ndarray:
+    """Another subject's organ in its place, centroid on the organ's centroid, in ``mask``'s voxel grid.
+
+    Without affines ``donor`` shares the grid of ``mask``; with them (``(4, 4)`` voxel -> mm each) the donor is
+    carried through world space (nearest neighbour), so donors from scans of other spacing fit.
+    """
     del seed
     mask, donor = np.asarray(mask, bool), np.asarray(donor, bool)
+    if affine is not None and donor_affine is not None:
+        # recipient index -> mm -> donor mm (centroids made to coincide) -> donor index
+        shift_mm = (donor_affine[:3, :3] @ np.argwhere(donor).mean(axis=0) + donor_affine[:3, 3]) - (
+            affine[:3, :3] @ np.argwhere(mask).mean(axis=0) + affine[:3, 3])
+        to_donor = np.linalg.inv(donor_affine) @ np.block([[np.eye(3), shift_mm[:, None]], [np.zeros((1, 3)), 1]]) \
+            @ affine
+        return ndimage.affine_transform(donor.astype(np.uint8), to_donor[:3, :3], to_donor[:3, 3],
+                                        output_shape=mask.shape, order=0) > 0
     shift = np.round(np.argwhere(mask).mean(axis=0) - np.argwhere(donor).mean(axis=0)).astype(int)
     return ndimage.shift(donor.astype(np.uint8), shift, order=0, mode="constant") > 0
 

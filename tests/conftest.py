@@ -35,3 +35,15 @@ def adrenal_val_masks(adrenal_npz) -> np.ndarray:
 @pytest.fixture(scope="session")
 def totalseg() -> Path:
     return _require(TOTALSEG)
+
+
+@pytest.fixture(scope="session")
+def headneck_tree() -> Path:
+    """The two-rater head-and-neck tree ``<rater>/<scan>/segmentations/<Organ>.nrrd`` (28 scans x 2 raters)."""
+    return _require(SHARED_DATA / "tcia_headneck_oar" / "test")
+
+
+@pytest.fixture(scope="session")
+def hippocampus_labels() -> Path:
+    """The MSD hippocampus label maps (0 background, 1 anterior, 2 posterior), 1 mm."""
+    return _require(SHARED_DATA / "msd_hippocampus" / "labels")

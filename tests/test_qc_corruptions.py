@@ -86,6 +86,19 @@ def test_swap_puts_the_donor_shape_on_the_organ(masks):
     assert np.abs(np.argwhere(out).mean(0) - np.argwhere(masks[0]).mean(0)).max() <= 0.5 + 1e-6
 
 
+def test_swap_through_world_space_takes_donors_of_another_grid(masks):
+    same = qc.swapped(masks[0], 0, masks[1], np.eye(4), np.eye(4))
+    np.testing.assert_array_equal(same, qc.swapped(masks[0], 0, masks[1]))
+    # the donor stored at half the resolution (2 mm voxels, shifted origin) lands as the same shape
+    coarse = masks[1][::2, ::2, ::2]
+    donor_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    donor_affine[:3, 3] = (-30.0, 5.0, 12.0)
+    out = qc.swapped(masks[0], 0, coarse, np.eye(4), donor_affine)
+    expected = ndimage.zoom(coarse.astype(np.uint8), 2, order=0) > 0
+    assert abs(int(out.sum()) - int(expected.sum())) <= 0.02 * expected.sum()
+    assert np.abs(np.argwhere(out).mean(0) - np.argwhere(masks[0]).mean(0)).max() <= 1.0
+
+
 def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     """benchmarks/qc_quality.py end to end: 2 clean val masks, one family, baselines on 20 training masks."""
     import json

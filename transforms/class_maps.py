@@ -93,3 +93,33 @@ def organ_side(organ: str) -> str | None:
     if lowered.endswith(("_right", "-rt", "_rt")):
         return "right"
     return None
+
+
+# File names other segmentation sources give an organ, by shapeqc (TotalSegmentator-style) organ name. The
+# DeepMind/UCLH head-and-neck set names its NRRD files like ``Parotid-Lt`` (some scans ``Parotid_Lt``).
+ORGAN_FILE_ALIASES: dict[str, tuple[str, ...]] = {
+    "hippocampus": (),
+    "mandible": ("Mandible",),
+    "parotid_gland_left": ("Parotid-Lt", "Parotid_Lt"),
+    "parotid_gland_right": ("Parotid-Rt", "Parotid_Rt"),
+    "submandibular_gland_left": ("Submandibular-Lt", "Submandibular_Lt"),
+    "submandibular_gland_right": ("Submandibular-Rt", "Submandibular_Rt"),
+    "brainstem": ("Brainstem",),
+    "brain": ("Brain",),
+    "orbit_left": ("Orbit-Lt", "Orbit_Lt"),
+    "orbit_right": ("Orbit-Rt", "Orbit_Rt"),
+    "spinal_cord": ("Spinal-Cord", "Spinal_Cord"),
+    "spinal_canal": ("Spinal-Canal", "Spinal_Canal"),
+}
+
+
+def organ_file_stems(organ: str) -> tuple[str, ...]:
+    """File names (without suffix) under which a per-organ folder may hold ``organ``: its own name first."""
+    return (organ, *ORGAN_FILE_ALIASES.get(organ, ()))
+
+
+def organ_of_file_stem(stem: str) -> str | None:
+    """The shapeqc organ name a per-organ file name stands for (TotalSegmentator name or alias), else None."""
+    if stem in class_map("v1").values() or stem in class_map("v2").values() or stem in ORGAN_FILE_ALIASES:
+        return stem
+    return next((organ for organ, aliases in ORGAN_FILE_ALIASES.items() if stem in aliases), None)

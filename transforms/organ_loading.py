@@ -5,7 +5,11 @@ Accepted sources:
 - a binary NIfTI mask (values 0/1); an organ name, if given, just says which organ it is;
 - a multi-label NIfTI map (TotalSegmentator v1 or v2 class map) with an organ name, e.g. ``adrenal_gland_left``;
   the map version is detected (see :mod:`transforms.class_maps`) or given as ``map_version``;
-- a TotalSegmentator output folder holding one binary ``<organ>.nii.gz`` per organ, with an organ name;
+- a TotalSegmentator output folder holding one binary ``<organ>.nii.gz`` per organ, with an organ name; the
+  file may also be NRRD and carry another source's name for the organ (``Parotid-Lt.nrrd``, see
+  :data:`transforms.class_maps.ORGAN_FILE_ALIASES`);
+- a dataset label map whose labels, all of them, make up one organ (MSD hippocampus: 1 anterior, 2 posterior),
+  with ``labels`` naming them;
 - an AdrenalMNIST3D-style ``.npz`` file with an array name and index (MedMNIST stores masks as 0/255);
 - an in-memory array with its affine.
 """
@@ -21,7 +25,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from transforms.class_maps import MAP_VERSIONS, class_map, detect_map_version, label_of
+from transforms.class_maps import MAP_VERSIONS, class_map, detect_map_version, label_of, organ_file_stems
 from transforms.errors import (
     EmptyMaskError,
     MissingFileError,
@@ -73,11 +77,16 @@ def load_organ_mask(
     affine: np.ndarray | None = None,
     npz_array: str | None = None,
     npz_index: int | None = None,
+    labels: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Load one organ as ``(mask (D, H, W) bool, affine (4, 4) float64, info)``.
 
-    ``info`` records how it was read: ``{"form": "binary" | "multilabel" | "organ_folder" | "npz" | "array",
-    "map_version": "v1" | "v2" | "" (not a label map), "label": int (0: not a label map)}``; no None values,
+    ``labels``: the label values that together make up the organ in a dataset's own label map (a bundle's
+    ``organ_labels``). They are used for a file without a label table whose values all lie in ``{0} + labels``;
+    any other file (a TotalSegmentator map, a binary mask) is read as usual.
+
+    ``info`` records how it was read: ``{"form": "binary" | "multilabel" | "label_set" | "organ_folder" | "npz"
+    | "array", "map_version": "v1" | "v2" | "" (not a label map), "label": int (0: not a label map)}``; no None values,
     so batches of items collate.
 
     Raises one of the :mod:`transforms.errors` types, naming the file.
@@ -98,16 +107,18 @@ def load_organ_mask(
     if path.is_dir():
         if organ is None:
             raise UnknownOrganError(path, "a TotalSegmentator folder needs an organ name")
-        organ_file = path / f"{organ}.nii.gz"
-        if not organ_file.exists() and (path / f"{organ}.nii").exists():
-            organ_file = path / f"{organ}.nii"
-        if not organ_file.exists():
-            raise UnknownOrganError(path, f"no file {organ}.nii.gz for organ {organ!r} in this folder")
+        organ_file = organ_file_in(path, organ)
+        if organ_file is None:
+            raise UnknownOrganError(path, f"no file {organ}.nii.gz (or .nii, .nrrd, or another name of the organ) "
+                                          f"for organ {organ!r} in this folder")
         volume, file_affine = read_volume(organ_file)
         return binary_mask(volume, organ_file), file_affine, {"form": "organ_folder", "map_version": "",
                                                                "label": 0}
     volume, file_affine = read_volume(path)
     header_labels = read_label_names(path)
+    if labels is not None and header_labels is None:
+        if np.all(np.isin(np.unique(volume), (0, *labels))):
+            return np.isin(volume, labels), file_affine, {"form": "label_set", "map_version": "", "label": 0}
     # A file holding only 0 and 1 is a binary mask of the named organ, unless its own label table says
     # otherwise (a multi-label map with one structure present still carries TotalSegmentator's table).
     if organ is None or (header_labels is None and np.all(np.isin(np.unique(volume), (0, 1)))):
@@ -126,6 +137,16 @@ def load_organ_mask(
     if not mask.any():
         raise UnknownOrganError(path, f"organ {organ!r} (label {label}, map {map_version}) is absent from this map")
     return mask, file_affine, {"form": "multilabel", "map_version": map_version, "label": int(label)}
+
+
+def organ_file_in(folder: Path, organ: str) -> Path | None:
+    """The file holding ``organ`` in a per-organ folder: ``<name>.nii.gz``, ``.nii`` or ``.nrrd`` for the organ's
+    own name or one of its aliases, in that order; None when there is none."""
+    for stem in organ_file_stems(organ):
+        for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr"):
+            if (folder / f"{stem}{suffix}").exists():
+                return folder / f"{stem}{suffix}"
+    return None
 
 
 def touches_border(mask: np.ndarray) -> bool:
@@ -159,7 +180,8 @@ class LoadOrganMaskd(MapTransform):
 
     Writes, per key: the mask as (D, H, W) uint8; ``affine`` (4, 4) float64 into ``affine_key``; the source's
     description into ``source_key`` (for error logs) and how it was read into ``f"{key}_load"``.
-    The organ name comes from ``organ`` or, per item, from ``data[organ_key]``.
+    The organ name comes from ``organ`` or, per item, from ``data[organ_key]``; the label values making up the
+    organ in a dataset label map from ``labels`` or, per item, ``data[labels_key]`` (see :func:`load_organ_mask`).
     """
 
     def __init__(
@@ -170,9 +192,13 @@ class LoadOrganMaskd(MapTransform):
         map_version: str = "auto",
         affine_key: str = "affine",
         source_key: str = "source",
+        labels: Sequence[int] | None = None,
+        labels_key: str = "labels",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.labels = None if labels is None else tuple(int(v) for v in labels)
+        self.labels_key = labels_key
         self.organ = organ
         self.organ_key = organ_key
         self.map_version = map_version
@@ -187,6 +213,7 @@ class LoadOrganMaskd(MapTransform):
             mask, affine, info = load_organ_mask(
                 d[key], organ=organ, map_version=d.get("map_version", self.map_version),
                 affine=d.get(self.affine_key), npz_array=d.get("npz_array"), npz_index=d.get("npz_index"),
+                labels=d.get(self.labels_key, self.labels),
             )
             d[key] = mask.astype(np.uint8)
             d[self.affine_key] = affine
@@ -220,4 +247,4 @@ class CheckOrganMaskd(MapTransform):
 
 
 __all__: Sequence[str] = ["LoadOrganMaskd", "CheckOrganMaskd", "load_organ_mask", "check_organ_mask",
-                          "touches_border", "read_npz_mask"]
+                          "touches_border", "read_npz_mask", "organ_file_in"]

@@ -50,9 +50,15 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(array), LPS_TO_RAS @ affine
 
 
-def strip_nifti_suffix(name: str) -> str:
+def is_volume_path(path: str | os.PathLike) -> bool:
+    """A file shapeqc reads as a volume: NIfTI or NRRD."""
+    return is_nifti_path(path) or is_nrrd_path(path)
+
+
+def strip_volume_suffix(name: str) -> str:
+    """The file name without its volume suffix (.nii.gz, .nii, .nrrd, .nhdr): the case or organ name."""
     lowered = name.lower()
-    for suffix in (".nii.gz", ".nii"):
+    for suffix in (".nii.gz", ".nii", *NRRD_SUFFIXES):
         if lowered.endswith(suffix):
             return name[: -len(suffix)]
     return name
