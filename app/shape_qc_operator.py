@@ -7,9 +7,8 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from shapeqc.analysis import error_record, load_bundle
-from shapeqc.batch import analyse_case, find_bundles
-from shapeqc.bundles import UntrainedBundleError
+from shapeqc.analysis import error_record
+from shapeqc.batch import analyse_case, load_trained_bundles
 
 
 class ShapeQCOperator(Operator):
@@ -31,12 +30,7 @@ class ShapeQCOperator(Operator):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self._logger.info(f"shape QC runs on {'the GPU' if device.startswith('cuda') else 'the CPU'} ({device})")
-        self.bundles = []
-        for bundle_dir in find_bundles([models_path]):
-            try:
-                self.bundles.append(load_bundle(bundle_dir, device))
-            except UntrainedBundleError as error:
-                self._logger.warning(f"skipped {bundle_dir}: {error}")
+        self.bundles = load_trained_bundles([models_path], device, warn=self._logger.warning)
         if not self.bundles:
             raise ValueError(f"{models_path}: no trained shapeqc bundle (a bundle folder or a folder of bundles)")
         self._logger.info(f"bundles: {', '.join(b.name for b in self.bundles)}")

@@ -29,15 +29,6 @@ METHODS = ("shapeqc_dice", "shapeqc_asd", "shapeqc_hd95", "shapeqc_max_sd", "A_v
 SHAPEQC = {"shapeqc_dice": "dice", "shapeqc_asd": "asd_mm", "shapeqc_hd95": "hd95_mm", "shapeqc_max_sd": "max_sd_mm"}
 
 
-def bundle_datalist(bundle_dir: Path, dataset_dir: str, name: str) -> list[dict]:
-    """The bundle's own datalist ``name`` (``train#datalist``, ``validate#datalist``, ``plausible#datalist``) from
-    its train.yaml: the benchmark uses exactly the split the bundle was trained and validated on."""
-    from shapeqc.bundles import bundle_parser
-
-    parser = bundle_parser(bundle_dir, dataset_dir=dataset_dir, val_limit=None)
-    return list(parser.get_parsed_content(name)) if name.split("#")[0] in parser.config else []
-
-
 def crop_with_margin(mask: np.ndarray, affine: np.ndarray, margin: int = 12) -> tuple[np.ndarray, np.ndarray]:
     """The organ's box grown by ``margin`` voxels (zero-padded past the array), with its affine: corruptions of a
     CT organ then work on a small array instead of the whole 512 x 512 x N scan."""
@@ -134,6 +125,7 @@ def main() -> None:
     from scipy import stats
 
     from shapeqc.analysis import load_bundle
+    from shapeqc.bundles import bundle_datalist
     from shapeqc.calibration import auroc
     from shapeqc.qc_baselines import (
         DescriptorMahalanobis,
@@ -158,6 +150,7 @@ def main() -> None:
     families = [*FAMILIES, "swap"] if args.families == "all" else args.families.split(",")
 
     bundle = load_bundle(args.bundle)
+    trained_families = list(bundle.metadata.get("training_corruptions", TRAINED_FAMILIES))
     train = load_masks(bundle_datalist(args.bundle, args.data, "train#datalist"), args.train_limit)
     voxel_ml = [float(abs(np.linalg.det(a[:3, :3]))) / 1000.0 for _, _, a, _ in train]
     volumes = [volume_ml(m, v) for (_, m, _, _), v in zip(train, voxel_ml, strict=True)]
@@ -206,7 +199,7 @@ def main() -> None:
     overall = {"all corrupted": summary(cases)} if cases else {}
     if moderate:
         overall[">= 10% volume changed"] = summary(moderate)
-        unseen = [c for c in moderate if c["family"] not in TRAINED_FAMILIES]
+        unseen = [c for c in moderate if c["family"] not in trained_families]
         if unseen:
             overall[">= 10% changed, families unseen in training"] = summary(unseen)
     predicted = np.array([c["scores"]["shapeqc_dice"] for c in cases], float)
@@ -232,7 +225,7 @@ def main() -> None:
             other[method] = {"fpr": float(np.mean(values > cut[method])),
                              "auroc_vs_clean": auroc(values, badness(method, [s[method] for s in clean_scores]))}
     result = {"bundle": str(args.bundle.name), "clean_cases": len(clean), "corrupted_cases": len(cases),
-              "plausible_set": other,
+              "plausible_set": other, "trained_families": trained_families,
               "train_masks": len(train), "shipped_dice_threshold": shipped,
               "clean_fpr_at_shipped_threshold": clean_fpr_shipped, "families": table, "overall": overall,
               "quality_estimation": estimation, "seconds": round(time.perf_counter() - started, 1)}
@@ -244,8 +237,6 @@ def main() -> None:
 
 
 def markdown(result: dict, args) -> str:
-    from shapeqc.qc_corruptions import TRAINED_FAMILIES
-
     short = {"shapeqc_dice": "shapeqc Dice", "shapeqc_asd": "ASD", "shapeqc_hd95": "HD95", "shapeqc_max_sd": "max SD",
              "A_volume_z": "A vol z", "B_descriptors": "B descr", "C_linear_ssm": "C SSM", "D_nearest_dice": "D NN",
              "E_rules": "E rules"}
@@ -270,7 +261,7 @@ def markdown(result: dict, args) -> str:
                 + f" | {entry['shapeqc_dice']['detection_shipped']:.2f} |")
 
     for name, entry in result["families"].items():
-        mark = "*" if entry["family"] in TRAINED_FAMILIES else ""
+        mark = "*" if entry["family"] in result["trained_families"] else ""
         lines.append(row(f"{name.replace(entry['family'], entry['family'] + mark, 1)}", entry))
     for name, entry in result["overall"].items():
         lines.append(row(f"**{name}**", entry))

@@ -143,6 +143,22 @@ def find_bundles(paths: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
+def load_trained_bundles(folders: list[str | os.PathLike], device: str = "cpu", refine_steps: int = 0,
+                         warn=print) -> list[Bundle]:
+    """Every trained bundle found under ``folders`` (see :func:`find_bundles`), each loaded once; an untrained
+    one (a freshly generated bundle in a models folder) is skipped with a warning, not fatal."""
+    from shapeqc.analysis import load_bundle
+    from shapeqc.bundles import UntrainedBundleError
+
+    bundles = []
+    for bundle_dir in find_bundles(folders):
+        try:
+            bundles.append(load_bundle(bundle_dir, device, refine_steps=refine_steps))
+        except UntrainedBundleError as error:
+            warn(f"skipped {bundle_dir}: {error}")
+    return bundles
+
+
 _WORKER_BUNDLES: list[Bundle] = []
 
 

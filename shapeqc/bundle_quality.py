@@ -5,6 +5,8 @@ corrupted copy (fixed per case: seeded by case id), reporting the reconstruction
 to the corrupted input's own Dice to the clean mask: a shape prior must repair, i.e. the first clearly higher.
 
     python -m shapeqc.bundle_quality --bundle bundles/adrenal_gland --dataset_dir ../shared/data [--limit N]
+
+The validation masks are the bundle's own ``validate#datalist`` (its train.yaml), any dataset.
 """
 
 from __future__ import annotations
@@ -60,15 +62,16 @@ def bundle_quality(bundle_dir: str, items: list[dict], network=None, parser=None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shapeqc.training_data import adrenalmnist3d_split
+    from shapeqc.bundles import bundle_datalist
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--dataset_dir", required=True, help="folder holding adrenalmnist3d/ (shared data)")
+    parser.add_argument("--dataset_dir", required=True, help="the bundle's dataset_dir (the shared data folder)")
     parser.add_argument("--limit", type=int, default=None, help="first N usable val masks only")
     parser.add_argument("--out", default=None, help="write the per-case JSON here")
     args = parser.parse_args(argv)
-    items = adrenalmnist3d_split(args.dataset_dir, "val", args.limit)
+    items = bundle_datalist(args.bundle, args.dataset_dir, "validate#datalist")
+    items = items[:args.limit] if args.limit else items
     start = time.perf_counter()
     report = bundle_quality(args.bundle, items)
     report["summary"]["seconds"] = round(time.perf_counter() - start, 1)

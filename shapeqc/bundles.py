@@ -108,6 +108,14 @@ def bundle_parser(bundle_dir: str | os.PathLike, config_name: str = "train.yaml"
     return parser
 
 
+def bundle_datalist(bundle_dir: str | os.PathLike, dataset_dir: str, name: str = "validate#datalist") -> list[dict]:
+    """The bundle's own datalist ``name`` (``train#datalist``, ``validate#datalist``, ``plausible#datalist``) from
+    its train.yaml with ``dataset_dir`` and no case limits: benchmarks and quality figures use exactly the split
+    the bundle was trained and validated on. A section the bundle does not have gives an empty list."""
+    parser = bundle_parser(bundle_dir, dataset_dir=dataset_dir, val_limit=None, train_limit=None)
+    return list(parser.get_parsed_content(name)) if name.split("#")[0] in parser.config else []
+
+
 def load_bundle_network(bundle_dir: str | os.PathLike, device: str = "cpu"):
     """The bundle's network (``network_def``) with ``models/model.pt`` loaded, in eval mode."""
     import torch

@@ -84,21 +84,23 @@ def _new_bundle(args: argparse.Namespace) -> int:
 
 def _analyse(args: argparse.Namespace) -> int:
     from shapeqc.analysis import load_bundle
-    from shapeqc.batch import find_bundles, run_batch
+    from shapeqc.batch import load_trained_bundles, run_batch
 
     device = args.device
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    paths = list(args.bundle or []) + find_bundles(args.bundles or [])
-    if not paths:
-        raise SystemExit("shapeqc analyse: give --bundle DIR (repeatable) or --bundles FOLDER")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if device == "cuda" and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    # each bundle loaded once for the whole batch
-    bundles = [load_bundle(path, device, refine_steps=args.refine_steps) for path in paths]
+    # each bundle loaded once for the whole batch; a named --bundle must be trained, a folder's untrained
+    # bundles are skipped with a warning
+    bundles = [load_bundle(path, device, refine_steps=args.refine_steps) for path in args.bundle or []]
+    bundles += load_trained_bundles(args.bundles or [], device, args.refine_steps,
+                                    warn=lambda text: print(f"shapeqc analyse: {text}", file=sys.stderr))
+    if not bundles:
+        raise SystemExit("shapeqc analyse: no trained bundle; give --bundle DIR (repeatable) or --bundles FOLDER")
     print(f"shapeqc analyse on {device}: {len(bundles)} bundle(s), rank {rank} of {world}", file=sys.stderr)
     records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
                         map_version=args.map_version, shard=(rank, world), progress=rank == 0,

@@ -12,7 +12,7 @@ import pytest
 import tomllib
 
 from shapeqc.analysis import load_bundle
-from shapeqc.batch import run_batch
+from shapeqc.batch import load_trained_bundles, run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -49,8 +49,8 @@ def mixed_inputs(tmp_path_factory, totalseg, adrenal_val_masks):
     (folder / "ts" / "v2_multilabel_seg.nii.gz").write_bytes((totalseg / "v2_multilabel_seg.nii.gz").read_bytes())
     kept = [m for m in adrenal_val_masks if not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any()
                                                   or m[..., 0].any() or m[..., -1].any())][:2]
-    for index, mask in enumerate(kept):
-        write_volume(folder / f"adrenal{index}.nii.gz", mask, np.eye(4))
+    for index, mask in enumerate(kept):  # named after the organ: only the bundle covering it judges them
+        write_volume(folder / f"adrenal{index}" / "adrenal_gland_left.nii.gz", mask, np.eye(4))
     (folder / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
     return folder
 
@@ -60,7 +60,7 @@ def test_app_matches_shapeqc_analyse_record_for_record(mixed_inputs, tmp_path):
     log = result.stdout + result.stderr
     assert "shape QC runs on the CPU" in log  # no GPU here; the app says which it uses
     app_records = json.loads((tmp_path / "app" / "report.json").read_text())
-    run_batch([str(mixed_inputs)], [load_bundle(BUNDLES / "adrenal_gland")], tmp_path / "cli", progress=False)
+    run_batch([str(mixed_inputs)], load_trained_bundles([BUNDLES]), tmp_path / "cli", progress=False)
     cli_records = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert essence(app_records) == essence(cli_records)
     statuses = {r["case"]: r["status"] for r in app_records}

@@ -11,7 +11,13 @@ from monai.transforms import Compose, CopyItemsd
 from shapeqc.datasets import adrenalmnist3d_items
 from transforms.boundary_samples import BoundarySampled
 from transforms.coordinates import grid_coords_to_voxel
-from transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond, organ_box
+from transforms.corruption import (
+    RandPatchCorruptiond,
+    RandPerlinCorruptiond,
+    RandPlaneCutd,
+    RandSliceDropd,
+    organ_box,
+)
 from transforms.grid_transforms import ToCanonicalGridd
 from transforms.organ_loading import LoadOrganMaskd
 from transforms.packing import PackGridd, UnpackGridd
@@ -68,6 +74,42 @@ def test_patch_corruption_changes_one_cube_inside_the_box(clean_grid):
     side = round(0.3 * min(b.stop - b.start for b in box))
     assert np.all(upper - lower < side)
     assert (out[tuple(changed.T)] == out[tuple(changed[0])]).all()  # all filled or all emptied
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 0.35])
+def test_plane_cut_removes_the_drawn_fraction_behind_one_plane(clean_grid, fraction):
+    organ = clean_grid[0]
+    cut = RandPlaneCutd("mask", prob=1.0, fraction_range=(fraction, fraction))
+    cut.set_random_state(7)
+    out = cut({"mask": organ[None].copy()})["mask"][0]
+    removed = organ.astype(bool) & ~out.astype(bool)
+    assert not (out.astype(bool) & ~organ.astype(bool)).any()  # nothing added
+    assert removed.sum() / organ.sum() == pytest.approx(fraction, abs=0.03)
+    # removed and kept voxels lie on either side of one plane: w.x + b >= 1 on one side, <= -1 on the other
+    from scipy.optimize import linprog
+
+    removed_points, kept_points = np.argwhere(removed), np.argwhere(out)
+    constraints = np.r_[-np.c_[removed_points, np.ones(len(removed_points))],
+                        np.c_[kept_points, np.ones(len(kept_points))]]
+    plane = linprog(np.zeros(4), A_ub=constraints, b_ub=-np.ones(len(constraints)), bounds=[(None, None)] * 4)
+    assert plane.status == 0  # feasible: a flat cut face
+    again = RandPlaneCutd("mask", prob=1.0, fraction_range=(fraction, fraction))
+    again.set_random_state(7)
+    np.testing.assert_array_equal(again({"mask": organ[None].copy()})["mask"][0], out)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_slice_drop_empties_that_many_slices_in_the_organs_middle(clean_grid, count):
+    organ = clean_grid[0]
+    drop = RandSliceDropd("mask", prob=1.0, slices_range=(count, count), seed_key="case_id")
+    out = drop({"mask": organ[None].copy(), "case_id": "c1"})["mask"][0]
+    emptied = np.flatnonzero(organ.any(axis=(0, 1)) & ~out.any(axis=(0, 1)))
+    assert len(emptied) == count and np.all(np.diff(emptied) == 1)
+    occupied = np.flatnonzero(organ.any(axis=(0, 1)))
+    assert occupied[0] < emptied[0] and emptied[-1] < occupied[-1]  # inside the organ, not at its ends
+    np.testing.assert_array_equal(out[..., emptied[0] - 1], organ[..., emptied[0] - 1])
+    again = drop({"mask": organ[None].copy(), "case_id": "c1"})["mask"][0]
+    np.testing.assert_array_equal(again, out)  # seeded by the case id
 
 
 def test_boundary_sampled_gives_network_coordinates_and_targets(clean_grid):

@@ -13,7 +13,13 @@ from transforms.canonical_grid import (
 )
 from transforms.class_maps import class_map, detect_map_version, organ_side
 from transforms.coordinates import grid_coords_to_voxel, voxel_to_grid_coords, voxel_to_world
-from transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond, organ_box
+from transforms.corruption import (
+    RandPatchCorruptiond,
+    RandPerlinCorruptiond,
+    RandPlaneCutd,
+    RandSliceDropd,
+    organ_box,
+)
 from transforms.errors import (
     AffineMismatchError,
     EmptyMaskError,
@@ -36,6 +42,8 @@ __all__ = [
     "AffineMismatchError",
     "BoundarySampled",
     "RandPatchCorruptiond",
+    "RandPlaneCutd",
+    "RandSliceDropd",
     "RandPerlinCorruptiond",
     "organ_box",
     "CanonicalGrid",

@@ -6,6 +6,12 @@ gives the targets. Both run per training step (no offline preprocessing).
   is where the box's noise, normalized to [0, 1], exceeds a threshold drawn from ``threshold_range``; the
   noise lattice has about ``cells_per_side`` cells along each box side.
 - :class:`RandPatchCorruptiond`: adds or deletes one random cube of random size inside the organ's box.
+- :class:`RandPlaneCutd`: cuts the organ by a plane of random orientation (a segmentation that stops early).
+- :class:`RandSliceDropd`: empties a few consecutive slices across the organ (missed slices of a slice-wise
+  segmenter).
+
+The last two are failure modes of real segmenters that the first two do not teach: a prior trained on blobs
+alone learns to keep any flat cut face it is shown.
 """
 
 from __future__ import annotations
@@ -134,7 +140,26 @@ class RandPerlinCorruptiond(_ItemSeeded, RandomizableTransform, MapTransform):
         return d
 
 
-class RandPatchCorruptiond(_ItemSeeded, RandomizableTransform, MapTransform):
+class _InPlaceGridCorruption(_ItemSeeded, RandomizableTransform, MapTransform):
+    """Base of the corruptions that change each key's grid in place through ``self.corrupt(grid)``."""
+
+    def corrupt(self, grid: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, np.ndarray]) -> dict:
+        d = dict(data)
+        self._reseed_from(d)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            volume, channel = _as_volume(d[key])
+            corrupted = self.corrupt(volume)
+            d[key] = corrupted[None] if channel else corrupted
+        return d
+
+
+class RandPatchCorruptiond(_InPlaceGridCorruption):
     """Add (fill) or delete (empty) one random cube inside the organ's box.
 
     Args:
@@ -174,14 +199,85 @@ class RandPatchCorruptiond(_ItemSeeded, RandomizableTransform, MapTransform):
         out[cube] = 1 if self.R.random() < self.add_fraction else 0
         return out
 
-    def __call__(self, data: Mapping[Hashable, np.ndarray]) -> dict:
-        d = dict(data)
-        self._reseed_from(d)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            volume, channel = _as_volume(d[key])
-            corrupted = self.corrupt(volume)
-            d[key] = corrupted[None] if channel else corrupted
-        return d
+
+
+class RandPlaneCutd(_InPlaceGridCorruption):
+    """Remove the part of the organ beyond a plane of random orientation.
+
+    Args:
+        keys: binary grids (R, R, R) or (1, R, R, R), corrupted in place.
+        prob: probability of applying.
+        fraction_range: fraction of the organ's voxels removed, drawn uniformly.
+        seed_key, base_seed: as :class:`RandPatchCorruptiond`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.2,
+        fraction_range: tuple[float, float] = (0.05, 0.35),
+        seed_key: str | None = None,
+        base_seed: int = 2,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.seed_key, self.base_seed = seed_key, base_seed
+        self.fraction_range = fraction_range
+
+    def corrupt(self, grid: np.ndarray) -> np.ndarray:
+        out = (np.asarray(grid) != 0).astype(np.uint8)
+        points = np.argwhere(out)
+        if len(points) == 0:
+            return out
+        normal = self.R.normal(size=3)
+        normal /= max(np.linalg.norm(normal), 1e-12)
+        reach = points @ normal
+        limit = np.quantile(reach, 1.0 - self.R.uniform(*self.fraction_range))
+        out[tuple(points[reach > limit].T)] = 0
+        return out
+
+
+
+class RandSliceDropd(_InPlaceGridCorruption):
+    """Empty ``k`` consecutive slices (``k`` drawn from ``slices_range``) across the organ's middle half along
+    ``axis`` (2: superior-inferior in the canonical grid, the slice axis of an axial scan).
+
+    Args:
+        keys: binary grids (R, R, R) or (1, R, R, R), corrupted in place.
+        prob: probability of applying.
+        slices_range: (min, max) number of slices, inclusive.
+        axis: spatial axis of the slices.
+        seed_key, base_seed: as :class:`RandPatchCorruptiond`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.2,
+        slices_range: tuple[int, int] = (1, 4),
+        axis: int = 2,
+        seed_key: str | None = None,
+        base_seed: int = 3,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.seed_key, self.base_seed = seed_key, base_seed
+        self.slices_range = slices_range
+        self.axis = int(axis)
+
+    def corrupt(self, grid: np.ndarray) -> np.ndarray:
+        out = (np.asarray(grid) != 0).astype(np.uint8)
+        other = tuple(a for a in range(3) if a != self.axis)
+        occupied = np.flatnonzero(out.any(axis=other))
+        if len(occupied) == 0:
+            return out
+        count = int(self.R.randint(self.slices_range[0], self.slices_range[1] + 1))
+        low, high = int(occupied[0]), int(occupied[-1])
+        first = low + (high - low) // 4
+        start = int(self.R.randint(first, max(low + 3 * (high - low) // 4 - count + 2, first + 1)))
+        index = [slice(None)] * 3
+        index[self.axis] = slice(start, start + count)
+        out[tuple(index)] = 0
+        return out

@@ -1,0 +1,107 @@
+"""Several bundles in one pass (issue 7): every shipped bundle is complete and does what its README says, and
+`shapeqc analyse --bundles` / the Deploy app send each organ to the bundle covering it, loading each once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+from shapeqc import cli
+from shapeqc.batch import load_trained_bundles, run_batch
+from shapeqc.bundle_metadata import check_bundle_metadata
+from shapeqc.bundle_quality import bundle_quality
+from shapeqc.bundles import bundle_datalist, new_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+SHIPPED = ("adrenal_gland", "hippocampus", "mandible", "parotid_gland")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_bundle_is_trained_calibrated_and_consistent(name):
+    bundle = BUNDLES / name
+    metadata = check_bundle_metadata(bundle)
+    assert metadata["trained"] is True and (bundle / "models" / "model.pt").exists()
+    config = ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml"))
+    for key in ("spacing_mm", "grid_size", "margin"):
+        assert metadata["canonical_grid"][key] == config[key], key
+    thresholds = json.loads((bundle / "configs" / "thresholds.json").read_text())
+    assert thresholds["profiles"][0]["metrics"]["dice"]["enabled"] is True
+    assert (bundle / "docs" / "README.md").read_text().count("qc_quality.py --bundle bundles/" + name) >= 1
+    assert (bundle / "LICENSE").exists()
+
+
+@pytest.mark.parametrize("name", ["hippocampus", "mandible", "parotid_gland"])
+def test_new_bundles_reconstruct_real_val_masks_as_documented(name):
+    """Three real held-out masks: clean ones are reproduced about as documented; strong corruptions repaired."""
+    bundle = BUNDLES / name
+    documented = check_bundle_metadata(bundle)["eval_metrics"]
+    items = bundle_datalist(bundle, str(ROOT.parent / "shared" / "data"), "validate#datalist")[:3]
+    summary = bundle_quality(str(bundle), items)["summary"]
+    assert summary["clean_reconstruction_dice_mean"] >= documented["clean_reconstruction_dice_mean"] - 0.01
+    if summary["corrupted_cases"]:
+        assert summary["corrupted_reconstruction_dice_mean"] > summary["corrupted_input_dice_mean"]
+
+
+@pytest.fixture(scope="module")
+def mixed_organs(tmp_path_factory, headneck_tree, hippocampus_labels, totalseg):
+    """One head-and-neck scan (NRRD per-organ folder), one MSD hippocampus label map, one TotalSegmentator map."""
+    folder = tmp_path_factory.mktemp("organs")
+    scan = sorted((headneck_tree / "oncologist").iterdir())[0]
+    (folder / "hn" / scan.name).mkdir(parents=True)
+    (folder / "hn" / scan.name / "segmentations").symlink_to(scan / "segmentations")
+    (folder / "hippocampus_001.nii.gz").symlink_to(hippocampus_labels / "hippocampus_001.nii.gz")
+    (folder / "ts_map.nii.gz").symlink_to(totalseg / "v2_multilabel_seg.nii.gz")
+    return folder, scan.name
+
+
+def test_analyse_sends_every_organ_to_the_bundle_covering_it(mixed_organs, tmp_path, capsys):
+    folder, scan = mixed_organs
+    assert cli.main(["analyse", str(folder), "--bundles", str(BUNDLES), "--output", str(tmp_path),
+                     "--device", "cpu"]) == 0
+    assert "4 bundle(s)" in capsys.readouterr().err  # each loaded once for the whole batch
+    records = json.loads((tmp_path / "report.json").read_text())
+    judged = {(r["case"], r["organ"], r["bundle"]) for r in records}
+    case = f"hn/{scan}"
+    assert judged == {(case, "mandible", "mandible"), (case, "parotid_gland_left", "parotid_gland"),
+                      (case, "parotid_gland_right", "parotid_gland"), ("hippocampus_001", "hippocampus", "hippocampus"),
+                      ("ts_map", "adrenal_gland_left", "adrenal_gland"),
+                      ("ts_map", "adrenal_gland_right", "adrenal_gland")}
+    assert all(r["status"] in ("ok", "outlier") for r in records), [r["reason"] for r in records]
+    assert (tmp_path / "hn" / scan / "mandible" / "reconstruction.nii.gz").exists()
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<h2 id=") == 3 and f'<h2 id="{case}">' in page  # one table per case
+    for organ in ("mandible (mandible)", "parotid_gland_left (parotid_gland)", "hippocampus (hippocampus)"):
+        assert f"<td>{organ}</td>" in page  # the per-organ summary
+
+
+def test_a_folder_of_bundles_skips_an_untrained_one_but_a_named_one_is_refused(tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "mandible").symlink_to(BUNDLES / "mandible")
+    new_bundle("kidney_left", models / "kidney_left", BUNDLES / "adrenal_gland")
+    warnings = []
+    assert [b.name for b in load_trained_bundles([models], warn=warnings.append)] == ["mandible"]
+    assert "kidney_left" in warnings[0] and "not trained" in warnings[0]
+    with pytest.raises(Exception, match="not trained"):
+        cli.main(["analyse", str(tmp_path), "--bundle", str(models / "kidney_left"), "--output", str(tmp_path / "o")])
+
+
+def test_the_app_analyses_the_same_organs_with_its_models_folder(mixed_organs, tmp_path):
+    folder, _ = mixed_organs
+    command = (f"ulimit -s 32768; '{sys.executable}' '{ROOT / 'app'}' -i '{folder}' -o '{tmp_path / 'app'}' "
+               f"-m '{BUNDLES}'")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    app_records = json.loads((tmp_path / "app" / "report.json").read_text())
+    cli_records = run_batch([str(folder)], load_trained_bundles([BUNDLES]), tmp_path / "cli", progress=False)
+
+    def essence(records):
+        return sorted((r["case"], r["organ"], r["bundle"], r["status"], json.dumps(r["scores"])) for r in records)
+
+    assert essence(app_records) == essence(cli_records)
