@@ -29,9 +29,13 @@ METHODS = ("shapeqc_dice", "shapeqc_asd", "shapeqc_hd95", "shapeqc_max_sd", "A_v
 SHAPEQC = {"shapeqc_dice": "dice", "shapeqc_asd": "asd_mm", "shapeqc_hd95": "hd95_mm", "shapeqc_max_sd": "max_sd_mm"}
 
 
-def crop_with_margin(mask: np.ndarray, affine: np.ndarray, margin: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """The organ's box grown by ``margin`` voxels (zero-padded past the array), with its affine: corruptions of a
-    CT organ then work on a small array instead of the whole 512 x 512 x N scan."""
+def crop_with_margin(mask: np.ndarray, affine: np.ndarray, margin: int = 12,
+                     largest_side: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The organ's box grown by ``margin`` voxels (zero-padded past the array), with its affine, for arrays with a
+    side above ``largest_side``: corruptions of a CT organ then work on a small array instead of the whole
+    512 x 512 x N scan; small crops (AdrenalMNIST3D, MSD) stay as they are."""
+    if max(mask.shape) <= largest_side:
+        return mask, affine
     found = np.argwhere(mask)
     low, high = found.min(0) - margin, found.max(0) + margin + 1
     pad = [(max(0, -lo), max(0, hi - n)) for lo, hi, n in zip(low, high, mask.shape, strict=True)]
@@ -72,7 +76,9 @@ def corrupted_cases(clean, families: list[str], donors) -> list[dict]:
         for family in families:
             if family == "swap":
                 donor, donor_affine = donors[index]
-                variants = [("swap", {}, qc.swapped(mask, 0, donor, affine, donor_affine))]
+                same_grid = donor.shape == mask.shape and np.allclose(donor_affine, affine)
+                variants = [("swap", {}, qc.swapped(mask, 0, donor) if same_grid
+                             else qc.swapped(mask, 0, donor, affine, donor_affine))]
             else:
                 generate, severities = qc.FAMILIES[family]
                 variants = []

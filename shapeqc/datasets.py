@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from transforms.organ_loading import read_npz_mask
-from transforms.volume_io import is_nifti_path, is_volume_path, read_volume, strip_volume_suffix
+from transforms.volume_io import is_volume_path, read_volume, strip_volume_suffix
 
 ADRENALMNIST_ARRAYS = ("train_images", "val_images")
 
 
 def nifti_folder_items(folder: str | os.PathLike, load: bool = False) -> Iterator[dict]:
-    """One item per ``*.nii``/``*.nii.gz`` file in ``folder`` (sorted), case id = file name without suffix."""
+    """One item per volume file (``*.nii``, ``*.nii.gz``, ``*.nrrd``, ``*.nhdr``) in ``folder`` (sorted), case id =
+    file name without suffix."""
     folder = Path(folder)
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_path(p)):
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_volume_path(p)):
         item = {"case_id": strip_volume_suffix(path.name), "mask": str(path)}
         if load:
             mask, affine = read_volume(path)

@@ -7,7 +7,9 @@ seed gives the same corruption. The "axial" axis is array axis 2 (the slice axis
 
 Families a prior was trained on are reported apart from unseen ones: a bundle lists them in its metadata
 (``training_corruptions``); :data:`TRAINED_FAMILIES` is the default, the Perlin and cube families every shipped
-bundle was trained with.
+bundle was trained with. The generators are written apart from the training transforms of the same failure
+modes (``transforms.RandPlaneCutd``, ``RandSliceDropd``) and seeded differently, so that results stay comparable
+across priors trained with and without them.
 """
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ def cube(mask: np.ndarray, seed: int, add: bool, fraction: float = 0.2) -> np.nd
 
 def dropped_slices(mask: np.ndarray, seed: int, slices: int = 2) -> np.ndarray:
     """``slices`` consecutive axial slices (array axis 2) emptied, starting at a random slice in the organ's
-    middle half: the classic missed-slices failure of slice-wise segmenters (the training transform's code)."""
-    from transforms.corruption import RandSliceDropd
-
-    drop = RandSliceDropd("mask", prob=1.0, slices_range=(int(slices), int(slices)), axis=2)
-    drop.set_random_state(seed)
-    return drop({"mask": np.asarray(mask, np.uint8)})["mask"] > 0
+    middle half: the classic missed-slices failure of slice-wise segmenters."""
+    mask = np.asarray(mask, bool)
+    rng = np.random.default_rng(seed)
+    occupied = np.flatnonzero(mask.any(axis=(0, 1)))
+    low, high = occupied[0], occupied[-1]
+    start = int(rng.integers(low + (high - low) // 4, max(low + 3 * (high - low) // 4 - slices + 2,
+                                                           low + (high - low) // 4 + 1)))
+    out = mask.copy()
+    out[:, :, start:start + slices] = False
+    return out
 
 
 def dilated(mask: np.ndarray, seed: int, voxels: int = 1) -> np.ndarray:
@@ -106,12 +112,18 @@ def island(mask: np.ndarray, seed: int, fraction: float = 0.1, gap_voxels: int =
 
 def plane_cut(mask: np.ndarray, seed: int, fraction: float = 0.2) -> np.ndarray:
     """The organ cut by a plane with a random normal, ``fraction`` of its voxels removed (a truncation inside
-    the image: the segmenter stopped early; the training transform's code)."""
-    from transforms.corruption import RandPlaneCutd
-
-    cut = RandPlaneCutd("mask", prob=1.0, fraction_range=(float(fraction), float(fraction)))
-    cut.set_random_state(seed)
-    return cut({"mask": np.asarray(mask, np.uint8)})["mask"] > 0
+    the image: the segmenter stopped early)."""
+    mask = np.asarray(mask, bool)
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    points = np.argwhere(mask)
+    reach = points @ direction
+    limit = np.quantile(reach, 1.0 - fraction)
+    out = mask.copy()
+    cut = points[reach > limit]
+    out[tuple(cut.T)] = False
+    return out
 
 
 def hole(mask: np.ndarray, seed: int, fraction: float = 0.1) -> np.ndarray:

@@ -94,3 +94,9 @@ def test_hippocampus_labels_make_one_organ(hippocampus_labels, tmp_path):
                   for split in ("train", "val"))
     assert (len(train), len(val)) == (178, 32)
     assert not {i["case_id"] for i in train} & {i["case_id"] for i in val}
+
+
+def test_spinal_cords_cut_by_the_border_are_counted_not_judged(headneck_tree, caplog):
+    with caplog.at_level(logging.INFO, logger="shapeqc.training_data"):
+        usable = headneck_split(str(headneck_tree), ["spinal_cord"], "val")
+    assert len(usable) < 8 and "of 8 cases usable" in caplog.text and "'truncated'" in caplog.text
