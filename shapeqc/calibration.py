@@ -83,14 +83,17 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     start = time.perf_counter()
     for item in items:
         mask, affine, _ = load_organ_mask(item["mask"], organ=item.get("organ"), affine=item.get("affine"),
-                                          npz_array=item.get("npz_array"), npz_index=item.get("npz_index"))
+                                          npz_array=item.get("npz_array"), npz_index=item.get("npz_index"),
+                                          labels=item.get("labels"))
         mask, affine = acquisition(mask, affine, spacing_mm, item["case_id"])
         mask = mask.astype(bool)
-        clean_scores.append(score_case(bundle, mask, affine, organ))
+        # the item's own organ decides mirroring (left and right glands of one bundle); ``organ`` otherwise
+        item_organ = item.get("organ") or organ
+        clean_scores.append(score_case(bundle, mask, affine, item_organ))
         for name, corrupt in families.items():
             corrupted = corrupt({"mask": mask.astype(np.uint8), "case_id": item["case_id"]})["mask"] > 0
             volume_change[name].append(float((corrupted != mask).sum() / mask.sum()))
-            family_scores[name].append(score_case(bundle, corrupted, affine, organ))
+            family_scores[name].append(score_case(bundle, corrupted, affine, item_organ))
     metrics = {}
     for metric in METRICS:
         clean = np.array([s[metric] for s in clean_scores], dtype=float)
