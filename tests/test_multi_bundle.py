@@ -105,3 +105,23 @@ def test_the_app_analyses_the_same_organs_with_its_models_folder(mixed_organs, t
         return sorted((r["case"], r["organ"], r["bundle"], r["status"], json.dumps(r["scores"])) for r in records)
 
     assert essence(app_records) == essence(cli_records)
+
+
+def test_calibration_scores_each_item_as_its_own_organ():
+    """A left and a right parotid of one held-out scan: calibration scores each as `shapeqc analyse` would (the
+    right gland unmirrored), and reads the hippocampus label set."""
+    from shapeqc.analysis import load_bundle, score_organ
+    from shapeqc.calibration import calibrate
+    from transforms.organ_loading import load_organ_mask
+
+    shared = str(ROOT.parent / "shared" / "data")
+    bundle = load_bundle(BUNDLES / "parotid_gland")
+    items = bundle_datalist(BUNDLES / "parotid_gland", shared, "validate#datalist")[:2]
+    assert [item["organ"] for item in items] == ["parotid_gland_left", "parotid_gland_right"]
+    report = calibrate(str(BUNDLES / "parotid_gland"), items, write=False, bundle=bundle)
+    for item, scores in zip(items, report["clean_scores"], strict=True):
+        mask, affine, _ = load_organ_mask(item["mask"], organ=item["organ"])
+        assert scores["dice"] == score_organ(bundle, mask, affine, item["organ"], {})[1]["dice"]
+    hippocampus = bundle_datalist(BUNDLES / "hippocampus", shared, "validate#datalist")[:1]
+    report = calibrate(str(BUNDLES / "hippocampus"), hippocampus, write=False)
+    assert report["clean_scores"][0]["dice"] > 0.9
