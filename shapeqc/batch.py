@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from shapeqc.analysis import Bundle, analyse_organ
+from shapeqc.datasets import SEGMENTATION_FOLDER
 from shapeqc.reports import write_atomic, write_reports
 from transforms.class_maps import class_map, organ_of_file_stem
 from transforms.errors import SegmentationInputError
-from transforms.organ_loading import organ_file_in
+from transforms.organ_loading import is_label_set_map, organ_file_in
 from transforms.volume_io import is_volume_path, read_label_names, read_volume, strip_volume_suffix
-
-SEGMENTATION_FOLDER = "segmentations"  # TotalSegmentator's and the head-and-neck set's per-organ folder name
 
 
 def _is_organ_folder(files: list[Path]) -> bool:
@@ -89,7 +88,7 @@ def organs_for(path: str, bundle: Bundle, organ: str | None) -> list[str | None]
     names = read_label_names(source)
     if names is None:
         in_label_set = [o for o in wanted if o in bundle.organ_labels
-                        and np.all(np.isin(values, (0, *bundle.organ_labels[o])))]
+                        and is_label_set_map(values, bundle.organ_labels[o])]
         if in_label_set:
             return in_label_set
         if np.all(np.isin(values, (0, 1))):

@@ -21,6 +21,14 @@ from transforms.volume_io import is_volume_path, read_volume, strip_volume_suffi
 ADRENALMNIST_ARRAYS = ("train_images", "val_images")
 
 
+SEGMENTATION_FOLDER = "segmentations"  # TotalSegmentator's and the head-and-neck set's per-organ folder name
+
+
+def per_organ_folder(case_dir: Path) -> Path:
+    """Where a case folder keeps its per-organ files: its ``segmentations/`` subfolder if it has one, else itself."""
+    return case_dir / SEGMENTATION_FOLDER if (case_dir / SEGMENTATION_FOLDER).is_dir() else case_dir
+
+
 def nifti_folder_items(folder: str | os.PathLike, load: bool = False) -> Iterator[dict]:
     """One item per volume file (``*.nii``, ``*.nii.gz``, ``*.nrrd``, ``*.nhdr``) in ``folder`` (sorted), case id =
     file name without suffix."""
@@ -42,7 +50,7 @@ def totalsegmentator_tree_items(root: str | os.PathLike, organs: list[str], load
     """
     root = Path(root)
     for case_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        organ_dir = case_dir / "segmentations" if (case_dir / "segmentations").is_dir() else case_dir
+        organ_dir = per_organ_folder(case_dir)
         for organ in organs:
             item = {"case_id": case_dir.name, "organ": organ, "mask": str(organ_dir)}
             if load:
@@ -62,7 +70,7 @@ def headneck_tree_items(root: str | os.PathLike, organs: list[str],
     root = Path(root)
     for rater in raters:
         for scan_dir in sorted(p for p in (root / rater).iterdir() if p.is_dir()):
-            organ_dir = scan_dir / "segmentations" if (scan_dir / "segmentations").is_dir() else scan_dir
+            organ_dir = per_organ_folder(scan_dir)
             for organ in organs:
                 yield {"case_id": f"{scan_dir.name}_{rater}", "scan": scan_dir.name, "rater": rater, "organ": organ,
                        "mask": str(organ_dir)}
@@ -71,9 +79,8 @@ def headneck_tree_items(root: str | os.PathLike, organs: list[str],
 def label_map_folder_items(folder: str | os.PathLike, organ: str, labels: list[int]) -> Iterator[dict]:
     """One item per label-map file (NIfTI or NRRD) in ``folder`` whose ``labels`` together make up ``organ``
     (MSD hippocampus: labels 1 and 2 are its anterior and posterior parts). Case id = file name without suffix."""
-    folder = Path(folder)
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_volume_path(p)):
-        yield {"case_id": strip_volume_suffix(path.name), "mask": str(path), "organ": organ, "labels": list(labels)}
+    for item in nifti_folder_items(folder):
+        yield {**item, "organ": organ, "labels": list(labels)}
 
 
 def adrenalmnist3d_items(npz_path: str | os.PathLike, arrays: tuple[str, ...] = ADRENALMNIST_ARRAYS,

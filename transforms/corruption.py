@@ -143,6 +143,12 @@ class RandPerlinCorruptiond(_ItemSeeded, RandomizableTransform, MapTransform):
 class _InPlaceGridCorruption(_ItemSeeded, RandomizableTransform, MapTransform):
     """Base of the corruptions that change each key's grid in place through ``self.corrupt(grid)``."""
 
+    def __init__(self, keys: KeysCollection, prob: float, seed_key: str | None, base_seed: int,
+                 allow_missing_keys: bool) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.seed_key, self.base_seed = seed_key, base_seed
+
     def corrupt(self, grid: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -181,9 +187,7 @@ class RandPatchCorruptiond(_InPlaceGridCorruption):
         base_seed: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.seed_key, self.base_seed = seed_key, base_seed
+        super().__init__(keys, prob, seed_key, base_seed, allow_missing_keys)
         self.size_range = size_range
         self.add_fraction = add_fraction
 
@@ -198,7 +202,6 @@ class RandPatchCorruptiond(_InPlaceGridCorruption):
         cube = tuple(slice(c, c + side) for c in corner)
         out[cube] = 1 if self.R.random() < self.add_fraction else 0
         return out
-
 
 
 class RandPlaneCutd(_InPlaceGridCorruption):
@@ -220,9 +223,7 @@ class RandPlaneCutd(_InPlaceGridCorruption):
         base_seed: int = 2,
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.seed_key, self.base_seed = seed_key, base_seed
+        super().__init__(keys, prob, seed_key, base_seed, allow_missing_keys)
         self.fraction_range = fraction_range
 
     def corrupt(self, grid: np.ndarray) -> np.ndarray:
@@ -261,9 +262,7 @@ class RandSliceDropd(_InPlaceGridCorruption):
         base_seed: int = 3,
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.seed_key, self.base_seed = seed_key, base_seed
+        super().__init__(keys, prob, seed_key, base_seed, allow_missing_keys)
         self.slices_range = slices_range
         self.axis = int(axis)
 

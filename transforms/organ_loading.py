@@ -117,7 +117,7 @@ def load_organ_mask(
     volume, file_affine = read_volume(path)
     header_labels = read_label_names(path)
     if labels is not None and header_labels is None:
-        if np.all(np.isin(np.unique(volume), (0, *labels))):
+        if is_label_set_map(np.unique(volume), labels):
             return np.isin(volume, labels), file_affine, {"form": "label_set", "map_version": "", "label": 0}
     # A file holding only 0 and 1 is a binary mask of the named organ, unless its own label table says
     # otherwise (a multi-label map with one structure present still carries TotalSegmentator's table).
@@ -137,6 +137,12 @@ def load_organ_mask(
     if not mask.any():
         raise UnknownOrganError(path, f"organ {organ!r} (label {label}, map {map_version}) is absent from this map")
     return mask, file_affine, {"form": "multilabel", "map_version": map_version, "label": int(label)}
+
+
+def is_label_set_map(values: np.ndarray, labels: Sequence[int]) -> bool:
+    """True when a label map's ``values`` (its unique voxel values) are all 0 or one of ``labels``: the map holds
+    that organ's parts and nothing else (the rule for a bundle's ``organ_labels``)."""
+    return bool(np.all(np.isin(values, (0, *labels))))
 
 
 def organ_file_in(folder: Path, organ: str) -> Path | None:
@@ -247,4 +253,5 @@ class CheckOrganMaskd(MapTransform):
 
 
 __all__: Sequence[str] = ["LoadOrganMaskd", "CheckOrganMaskd", "load_organ_mask", "check_organ_mask",
-                          "touches_border", "read_npz_mask", "organ_file_in"]
+                          "touches_border", "read_npz_mask", "organ_file_in",
+                          "is_label_set_map"]
