@@ -11,7 +11,8 @@ Dice(input, clean mask) over all corrupted cases.
 
     python benchmarks/qc_quality.py [--cases 30] [--families plane_cut,hole] [--out benchmarks/results]
 
-Writes OUT/qc_quality.md (tables), OUT/qc_quality.json (every score) and OUT/qc_quality_roc.png.
+Writes OUT/qc_quality.md (tables), OUT/qc_quality.json (summaries and every case's scores) and
+OUT/qc_quality_roc.png.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def badness(method: str, values) -> np.ndarray:
 def main() -> None:
     from scipy import stats
 
-    from shapeqc.analysis import load_bundle
+    from shapeqc.analysis import load_bundle, load_thresholds
     from shapeqc.bundles import bundle_datalist
     from shapeqc.calibration import auroc
     from shapeqc.qc_baselines import (
@@ -180,7 +181,8 @@ def main() -> None:
     plausible = load_masks(bundle_datalist(args.bundle, args.data, "plausible#datalist"), args.cases)
     plausible_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in plausible]
 
-    profile = next(p for p in bundle.thresholds["profiles"] if p.get("spacing_mm") is None)
+    # read now rather than at start: a calibration finishing while the scores were computed is the shipped one
+    profile = next(p for p in load_thresholds(args.bundle)["profiles"] if p.get("spacing_mm") is None)
     shipped = profile["metrics"]["dice"]["threshold"]
     cut = {m: np.quantile(badness(m, [s[m] for s in clean_scores]), 0.95) for m in METHODS}
     clean_fpr_shipped = float(np.mean([s["shapeqc_dice"] < shipped for s in clean_scores]))
@@ -208,6 +210,13 @@ def main() -> None:
         unseen = [c for c in moderate if c["family"] not in trained_families]
         if unseen:
             overall[">= 10% changed, families unseen in training"] = summary(unseen)
+    # the issue's headline: per family and severity with a median change of at least 10%, AUROC averaged with
+    # equal weight per row (the pooled row above weights families by their case counts)
+    moderate_rows = [name for name, entry in table.items() if entry["volume_change"] >= 0.10]
+    family_mean = {}
+    if moderate_rows:
+        family_mean = {"rows": moderate_rows, **{m: float(np.mean([table[r][m]["auroc"] for r in moderate_rows]))
+                                                 for m in METHODS}}
     predicted = np.array([c["scores"]["shapeqc_dice"] for c in cases], float)
     true = np.array([c["true_dice"] for c in cases], float)
     judged = np.isfinite(predicted)
@@ -234,7 +243,13 @@ def main() -> None:
               "plausible_set": other, "trained_families": trained_families,
               "train_masks": len(train), "shipped_dice_threshold": shipped,
               "clean_fpr_at_shipped_threshold": clean_fpr_shipped, "families": table, "overall": overall,
-              "quality_estimation": estimation, "seconds": round(time.perf_counter() - started, 1)}
+              "family_mean_moderate": family_mean, "quality_estimation": estimation,
+              "seconds": round(time.perf_counter() - started, 1),
+              # every score of every case, so other scores can be studied without re-running the reconstructions
+              "clean_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(clean, clean_scores,
+                                                                                          strict=True)],
+              "corrupted_scores": [{k: c[k] for k in ("case", "family", "params", "volume_change", "true_dice",
+                                                      "scores")} for c in cases]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "qc_quality.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "qc_quality.md").write_text(markdown(result, args))
@@ -271,6 +286,10 @@ def markdown(result: dict, args) -> str:
         lines.append(row(f"{name.replace(entry['family'], entry['family'] + mark, 1)}", entry))
     for name, entry in result["overall"].items():
         lines.append(row(f"**{name}**", entry))
+    family_mean = result.get("family_mean_moderate")
+    if family_mean:
+        lines += ["", f"**Mean AUROC over the {len(family_mean['rows'])} family rows with a median change >= 10%** "
+                  "(equal weight per row): " + ", ".join(f"{short[m]} {family_mean[m]:.3f}" for m in METHODS) + "."]
     other = result.get("plausible_set")
     if other:
         lines += ["", f"Another rater's masks of the same held-out scans ({other['cases']} real, plausible but "

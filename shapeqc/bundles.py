@@ -116,6 +116,22 @@ def bundle_datalist(bundle_dir: str | os.PathLike, dataset_dir: str, name: str =
     return list(parser.get_parsed_content(name)) if name.split("#")[0] in parser.config else []
 
 
+def training_corruption_families(bundle_dir: str | os.PathLike) -> list[str]:
+    """The QC benchmark's family names of the corruptions the bundle's ``train#random_transforms`` apply to its
+    training inputs (each corruption transform's ``families``), in config order: what metadata
+    ``training_corruptions`` must say, so the benchmark reports trained and unseen families apart."""
+    import transforms
+
+    parser = bundle_parser(bundle_dir)
+    families: list[str] = []
+    for entry in parser.config["train"]["random_transforms"]:
+        target = str(entry.get("_target_", ""))
+        if target.startswith("transforms."):
+            families += [f for f in getattr(getattr(transforms, target.split(".", 1)[1]), "families", ())
+                         if f not in families]
+    return families
+
+
 def load_bundle_network(bundle_dir: str | os.PathLike, device: str = "cpu"):
     """The bundle's network (``network_def``) with ``models/model.pt`` loaded, in eval mode."""
     import torch

@@ -15,7 +15,7 @@ from shapeqc import cli
 from shapeqc.batch import load_trained_bundles, run_batch
 from shapeqc.bundle_metadata import check_bundle_metadata
 from shapeqc.bundle_quality import bundle_quality
-from shapeqc.bundles import bundle_datalist, new_bundle
+from shapeqc.bundles import bundle_datalist, new_bundle, training_corruption_families
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -34,6 +34,8 @@ def test_shipped_bundle_is_trained_calibrated_and_consistent(name):
     assert thresholds["profiles"][0]["metrics"]["dice"]["enabled"] is True
     assert (bundle / "docs" / "README.md").read_text().count("qc_quality.py --bundle bundles/" + name) >= 1
     assert (bundle / "LICENSE").exists()
+    # the benchmark reports trained and unseen families apart from this list: it must match the training config
+    assert metadata["training_corruptions"] == training_corruption_families(bundle)
 
 
 @pytest.mark.parametrize("name", ["hippocampus", "mandible", "parotid_gland"])

@@ -117,4 +117,35 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     scores = json.loads((tmp_path / "qc_quality.json").read_text())
     assert scores["clean_cases"] == 2 and scores["corrupted_cases"] == 4
     assert set(scores["families"]) == {'plane_cut {"fraction": 0.1}', 'plane_cut {"fraction": 0.3}'}
+    assert len(scores["clean_scores"]) == 2 and len(scores["corrupted_scores"]) == 4
+    assert {c["family"] for c in scores["corrupted_scores"]} == {"plane_cut"}
+    # both rows change >= 10% of the organ, so the family mean is the plain mean of their AUROCs
+    assert scores["family_mean_moderate"]["rows"] == sorted(scores["families"])
+    assert scores["family_mean_moderate"]["shapeqc_dice"] == pytest.approx(
+        np.mean([row["shapeqc_dice"]["auroc"] for row in scores["families"].values()]))
+    assert "Mean AUROC over the 2 family rows" in table
     assert (tmp_path / "qc_quality_roc.png").stat().st_size > 10_000
+
+
+def test_a_tiny_score_variants_run_writes_its_table(tmp_path):
+    """benchmarks/score_variants.py end to end: 2 clean val masks and their plane cuts, every variant scored."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "score_variants.py"), "--cases", "2",
+                             "--families", "plane_cut", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "score_variants.json").read_text())
+    assert scores["clean_cases"] == 2 and scores["corrupted_cases"] == 4
+    for case in scores["clean_scores"] + [c["scores"] for c in scores["corrupted_scores"]]:
+        assert set(case) == {"dice", "soft_dice", "dice_p0.35", "largest_added_p0.35", "dice_iterated"}
+        assert all(0.0 <= case[k] <= 1.0 for k in ("dice", "soft_dice", "dice_p0.35", "dice_iterated"))
+    # a clean mask is reproduced closely by every Dice-like score; a 30% plane cut is not, by Dice itself
+    assert min(case["dice"] for case in scores["clean_scores"]) > 0.95
+    cut = [c["scores"]["dice"] for c in scores["corrupted_scores"] if c["params"] == {"fraction": 0.3}]
+    assert len(cut) == 2 and max(cut) < 1.0
+    assert '| plane_cut {"fraction": 0.3} | 2 | 0.300 |' in (tmp_path / "score_variants.md").read_text()

@@ -76,6 +76,9 @@ class RandPerlinCorruptiond(_ItemSeeded, RandomizableTransform, MapTransform):
         seed_key: if given, reseed from ``data[seed_key]`` (plus ``base_seed``) on every call: fixed corruptions.
     """
 
+    # the QC benchmark's names (shapeqc.qc_corruptions) for what this transform does to training inputs
+    families = ("perlin_add", "perlin_remove")
+
     def __init__(
         self,
         keys: KeysCollection,
@@ -177,6 +180,9 @@ class RandPatchCorruptiond(_InPlaceGridCorruption):
         seed_key: if given, reseed from ``data[seed_key]`` (plus ``base_seed``) on every call: fixed corruptions.
     """
 
+    # the QC benchmark's names (shapeqc.qc_corruptions) for what this transform does to training inputs
+    families = ("cube_add", "cube_remove")
+
     def __init__(
         self,
         keys: KeysCollection,
@@ -213,6 +219,9 @@ class RandPlaneCutd(_InPlaceGridCorruption):
         fraction_range: fraction of the organ's voxels removed, drawn uniformly.
         seed_key, base_seed: as :class:`RandPatchCorruptiond`.
     """
+
+    # the QC benchmark's names (shapeqc.qc_corruptions) for what this transform does to training inputs
+    families = ("plane_cut",)
 
     def __init__(
         self,
@@ -251,6 +260,9 @@ class RandSliceDropd(_InPlaceGridCorruption):
         axis: spatial axis of the slices.
         seed_key, base_seed: as :class:`RandPatchCorruptiond`.
     """
+
+    # the QC benchmark's names (shapeqc.qc_corruptions) for what this transform does to training inputs
+    families = ("dropped_slices",)
 
     def __init__(
         self,
