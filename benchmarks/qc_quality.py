@@ -97,6 +97,16 @@ def corrupted_cases(clean, families: list[str], donors) -> list[dict]:
     return cases
 
 
+def swap_donors(clean) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(mask, affine) of each clean case's swap donor: the next val subject with the same organ (training shapes
+    would hand baselines C and D a perfect match)."""
+    donors = []
+    for index, (_, _, _, organ) in enumerate(clean):
+        same = [c for c in clean[index + 1:] + clean[:index] if c[3] == organ] or [clean[index]]
+        donors.append((same[0][1], same[0][2]))
+    return donors
+
+
 def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
     from shapeqc.analysis import score_organ
     from shapeqc.qc_baselines import shape_descriptors, volume_ml
@@ -167,13 +177,7 @@ def main() -> None:
                  "C": LinearShapeModel().fit(grids), "D": NearestNeighbourDice().fit(grids),
                  "E": ScreeningRules().fit(volumes)}
     clean = load_masks(bundle_datalist(args.bundle, args.data, "validate#datalist"), args.cases)
-    # swap donors: the next val subject with the same organ (training shapes would hand baselines C and D a
-    # perfect match)
-    donors = []
-    for index, (_, _, _, organ) in enumerate(clean):
-        same = [c for c in clean[index + 1:] + clean[:index] if c[3] == organ] or [clean[index]]
-        donors.append((same[0][1], same[0][2]))
-    cases = corrupted_cases(clean, families, donors)
+    cases = corrupted_cases(clean, families, swap_donors(clean))
     clean_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in clean]
     for case in cases:
         case["scores"] = score_all(bundle, baselines, case["mask"], case["affine"], case["organ"])

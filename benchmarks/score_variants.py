@@ -71,7 +71,7 @@ def variant_scores(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qc_quality import corrupted_cases, display_path, load_masks
+    from qc_quality import corrupted_cases, display_path, load_masks, swap_donors
 
     from shapeqc.analysis import load_bundle
     from shapeqc.bundles import bundle_datalist
@@ -87,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     bundle = load_bundle(args.bundle)
     clean = load_masks(bundle_datalist(args.bundle, args.data, "validate#datalist"), args.cases)
-    donors = []  # as the benchmark: the next val subject with the same organ
-    for index, (_, _, _, organ) in enumerate(clean):
-        same = [c for c in clean[index + 1:] + clean[:index] if c[3] == organ] or [clean[index]]
-        donors.append((same[0][1], same[0][2]))
-    cases = corrupted_cases(clean, args.families.split(","), donors)
+    cases = corrupted_cases(clean, args.families.split(","), swap_donors(clean))
     clean_scores = [variant_scores(bundle, m, a, o) for _, m, a, o in clean]
     for case in cases:
         case["scores"] = variant_scores(bundle, case["mask"], case["affine"], case["organ"])
