@@ -10,6 +10,12 @@ threshold). Quality estimation (the nnQC protocol): how well Dice(input, reconst
 Dice(input, clean mask) over all corrupted cases.
 
     python benchmarks/qc_quality.py [--cases 30] [--families plane_cut,hole] [--out benchmarks/results]
+                                    [--spacing 0.8 0.8 2.5]
+
+With ``--spacing``, every mask (clean, donor, baselines' training set) is first re-sliced as a CT acquisition at
+that voxel size with a tilt seeded by its case id (``shapeqc.calibration.acquisition``, the calibration's CT
+profile), and the corruptions act on that grid (a dilation by one voxel is then 0.8 mm in-plane, 2.5 mm across
+slices, as on a real CT); shapeqc is judged at the bundle's threshold for that profile.
 
 Writes OUT/qc_quality.md (tables), OUT/qc_quality.json (summaries and every case's scores) and
 OUT/qc_quality_roc.png.
@@ -48,8 +54,11 @@ def crop_with_margin(mask: np.ndarray, affine: np.ndarray, margin: int = 12,
     return np.ascontiguousarray(crop), shifted
 
 
-def load_masks(items: list[dict], limit: int | None) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
-    """(case id, mask (D, H, W) bool cropped around the organ, affine (4, 4) RAS, organ) per datalist item."""
+def load_masks(items: list[dict], limit: int | None,
+               spacing_mm: tuple[float, float, float] | None = None) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """(case id, mask (D, H, W) bool cropped around the organ, affine (4, 4) RAS, organ) per datalist item; with
+    ``spacing_mm``, re-sliced as acquired at that voxel size (tilt seeded by the case id, 12 voxels of room)."""
+    from shapeqc.calibration import acquisition
     from transforms.organ_loading import LoadOrganMaskd
 
     load = LoadOrganMaskd("mask")
@@ -59,6 +68,9 @@ def load_masks(items: list[dict], limit: int | None) -> list[tuple[str, np.ndarr
         mask, affine = crop_with_margin(loaded["mask"] > 0, loaded["affine"])
         case = item["case_id"] if not item.get("organ") or "/" in str(item["case_id"]) else (
             f"{item['case_id']}/{item['organ']}")
+        if spacing_mm is not None:
+            resliced, affine = acquisition(mask, affine, spacing_mm, str(item["case_id"]), pad_voxels=12)
+            mask = resliced > 0
         masks.append((case, mask, affine, str(item.get("organ") or "")))
     return masks
 
@@ -141,7 +153,7 @@ def badness(method: str, values) -> np.ndarray:
 def main() -> None:
     from scipy import stats
 
-    from shapeqc.analysis import load_bundle, load_thresholds
+    from shapeqc.analysis import load_bundle, load_thresholds, select_profile
     from shapeqc.bundles import bundle_datalist
     from shapeqc.calibration import auroc
     from shapeqc.qc_baselines import (
@@ -162,13 +174,16 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=400, help="training masks fitting the baselines")
     parser.add_argument("--families", default="all", help="comma-separated families, or all (incl. swap)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                        help="re-slice every mask as a CT acquisition at this voxel size (mm) first")
     args = parser.parse_args()
+    spacing = tuple(args.spacing) if args.spacing else None
     started = time.perf_counter()
     families = [*FAMILIES, "swap"] if args.families == "all" else args.families.split(",")
 
     bundle = load_bundle(args.bundle)
     trained_families = list(bundle.metadata.get("training_corruptions", TRAINED_FAMILIES))
-    train = load_masks(bundle_datalist(args.bundle, args.data, "train#datalist"), args.train_limit)
+    train = load_masks(bundle_datalist(args.bundle, args.data, "train#datalist"), args.train_limit, spacing)
     voxel_ml = [float(abs(np.linalg.det(a[:3, :3]))) / 1000.0 for _, _, a, _ in train]
     volumes = [volume_ml(m, v) for (_, m, _, _), v in zip(train, voxel_ml, strict=True)]
     grids = np.stack([canonical(bundle, m, a, o) for _, m, a, o in train])
@@ -176,17 +191,18 @@ def main() -> None:
                  "B": DescriptorMahalanobis().fit(np.stack([shape_descriptors(m) for _, m, _, _ in train])),
                  "C": LinearShapeModel().fit(grids), "D": NearestNeighbourDice().fit(grids),
                  "E": ScreeningRules().fit(volumes)}
-    clean = load_masks(bundle_datalist(args.bundle, args.data, "validate#datalist"), args.cases)
+    clean = load_masks(bundle_datalist(args.bundle, args.data, "validate#datalist"), args.cases, spacing)
     cases = corrupted_cases(clean, families, swap_donors(clean))
     clean_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in clean]
     for case in cases:
         case["scores"] = score_all(bundle, baselines, case["mask"], case["affine"], case["organ"])
     # a real "plausible but different" set where the bundle has one (another rater's masks of the val scans)
-    plausible = load_masks(bundle_datalist(args.bundle, args.data, "plausible#datalist"), args.cases)
+    plausible = load_masks(bundle_datalist(args.bundle, args.data, "plausible#datalist"), args.cases, spacing)
     plausible_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in plausible]
 
     # read now rather than at start: a calibration finishing while the scores were computed is the shipped one
-    profile = next(p for p in load_thresholds(args.bundle)["profiles"] if p.get("spacing_mm") is None)
+    # the profile the analysis itself would pick for these masks (1 mm: the "as given" profile)
+    profile = select_profile(load_thresholds(args.bundle), spacing or (1.0, 1.0, 1.0))
     shipped = profile["metrics"]["dice"]["threshold"]
     cut = {m: np.quantile(badness(m, [s[m] for s in clean_scores]), 0.95) for m in METHODS}
     clean_fpr_shipped = float(np.mean([s["shapeqc_dice"] < shipped for s in clean_scores]))
@@ -243,7 +259,9 @@ def main() -> None:
             values = badness(method, [s[method] for s in plausible_scores])
             other[method] = {"fpr": float(np.mean(values > cut[method])),
                              "auroc_vs_clean": auroc(values, badness(method, [s[method] for s in clean_scores]))}
-    result = {"bundle": str(args.bundle.name), "clean_cases": len(clean), "corrupted_cases": len(cases),
+    result = {"bundle": str(args.bundle.name), "spacing_mm": list(spacing) if spacing else None,
+              "threshold_profile": profile.get("spacing_mm"),
+              "clean_cases": len(clean), "corrupted_cases": len(cases),
               "plausible_set": other, "trained_families": trained_families,
               "train_masks": len(train), "shipped_dice_threshold": shipped,
               "clean_fpr_at_shipped_threshold": clean_fpr_shipped, "families": table, "overall": overall,
@@ -268,9 +286,14 @@ def markdown(result: dict, args) -> str:
     lines = [f"# QC benchmark: bundle `{result['bundle']}`", "",
              f"Command: `python benchmarks/qc_quality.py --bundle bundles/{result['bundle']} --cases {args.cases} "
              f"--train-limit {args.train_limit} --out {display_path(args.out)} "
-             f"--families {args.families}` ({result['seconds']:.0f} s). Clean cases: {result['clean_cases']} real val "
+             f"--families {args.families}"
+             + (" --spacing " + " ".join(f"{v:g}" for v in result["spacing_mm"]) if result.get("spacing_mm") else "")
+             + f"` ({result['seconds']:.0f} s). Clean cases: {result['clean_cases']} real val "
              f"masks; corrupted: {result['corrupted_cases']}; baselines fitted on {result['train_masks']} training "
-             "masks.", "",
+             "masks."
+             + (" Every mask re-sliced as a CT acquisition at " + " x ".join(f"{v:g}" for v in result["spacing_mm"])
+                + " mm (tilt seeded per case) before corruption; shapeqc's threshold from the profile "
+                + str(result["threshold_profile"]) + "." if result.get("spacing_mm") else ""), "",
              f"False-positive rate on the clean cases at the shipped Dice threshold "
              f"({result['shipped_dice_threshold']:.4f}): {result['clean_fpr_at_shipped_threshold']:.3f} "
              "(nominal 0.05).",

@@ -54,12 +54,13 @@ def score_case(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str)
     return score_organ(bundle, mask, affine, organ, {})[1]
 
 
-def acquisition(mask: np.ndarray, affine: np.ndarray, spacing_mm, case_id: str):
-    """The mask as acquired at ``spacing_mm`` with a tilt seeded by the case id (None: as given)."""
+def acquisition(mask: np.ndarray, affine: np.ndarray, spacing_mm, case_id: str, pad_voxels: int = 3):
+    """The mask as acquired at ``spacing_mm`` with a tilt seeded by the case id (None: as given), with
+    ``pad_voxels`` empty voxels around the organ."""
     if spacing_mm is None:
         return mask, affine
     rng = np.random.default_rng(stable_seed(case_id, 7))
-    return reslice_mask(mask, affine, tuple(spacing_mm), tuple(rng.uniform(-20, 20, 3)))
+    return reslice_mask(mask, affine, tuple(spacing_mm), tuple(rng.uniform(-20, 20, 3)), pad_voxels)
 
 
 def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, organ: str | None = None,

@@ -21,6 +21,7 @@ from transforms.corruption import (
 from transforms.grid_transforms import ToCanonicalGridd
 from transforms.organ_loading import LoadOrganMaskd
 from transforms.packing import PackGridd, UnpackGridd
+from transforms.reslice import RandAcquisitionResliced
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,49 @@ def test_slice_drop_empties_that_many_slices_in_the_organs_middle(clean_grid, co
     np.testing.assert_array_equal(again, out)  # seeded by the case id
 
 
+def test_acquisition_reslice_at_the_grid_spacing_without_tilt_is_exact(clean_grid):
+    identity = RandAcquisitionResliced("mask", prob=1.0, in_plane_spacing=(1.0, 1.0), slice_spacing=(1.0, 1.0),
+                                       max_tilt_deg=0.0)
+    np.testing.assert_array_equal(identity({"mask": clean_grid.copy()})["mask"], clean_grid)
+
+
+def test_acquisition_reslice_gives_thick_slices_a_staircase(clean_grid):
+    organ = clean_grid[0] > 0
+    thick = RandAcquisitionResliced("mask", prob=1.0, in_plane_spacing=(1.0, 1.0), slice_spacing=(3.0, 3.0),
+                                    max_tilt_deg=0.0)
+    out = thick({"mask": clean_grid.copy()})["mask"][0] > 0
+    extent = np.flatnonzero(organ.any(axis=(0, 1)))
+    # cross-sections change only between acquisition slices, 3 grid slices apart: one step per slice at most
+    steps = int(sum((out[..., k] != out[..., k + 1]).any() for k in range(out.shape[2] - 1)))
+    assert steps <= (extent[-1] - extent[0] + 1) // 3 + 3
+    assert int(sum((organ[..., k] != organ[..., k + 1]).any() for k in range(organ.shape[2] - 1))) > steps + 5
+    # the same organ, seen coarser along z only
+    dice = 2 * (out & organ).sum() / (out.sum() + organ.sum())
+    assert 0.8 < dice < 1.0
+    assert abs(int(out.sum()) - int(organ.sum())) < 0.1 * organ.sum()
+
+
+def test_acquisition_reslice_is_seeded_and_keeps_the_input_type(clean_grid):
+    reslice = RandAcquisitionResliced("mask", prob=1.0, seed_key="case_id")
+    first = reslice({"mask": torch.as_tensor(clean_grid), "case_id": "c1"})["mask"]
+    assert isinstance(first, torch.Tensor) and first.dtype == torch.uint8 and first.shape == clean_grid.shape
+    again = reslice({"mask": torch.as_tensor(clean_grid), "case_id": "c1"})["mask"]
+    other = reslice({"mask": torch.as_tensor(clean_grid), "case_id": "c2"})["mask"]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    never = RandAcquisitionResliced("mask", prob=0.0)
+    assert never({"mask": clean_grid})["mask"] is clean_grid
+
+
+@pytest.mark.parametrize("min_kept_fraction, kept", [(0.0, False), (2.0, True)])
+def test_acquisition_reslice_keeps_the_input_when_too_little_survives(clean_grid, min_kept_fraction, kept):
+    """An organ broken by very thick slices (fewer voxels than ``min_kept_fraction`` of the input) stays as it was;
+    2.0 makes every re-slice count as broken, 0.0 none."""
+    thick = RandAcquisitionResliced("mask", prob=1.0, slice_spacing=(3.0, 3.0), min_kept_fraction=min_kept_fraction)
+    thick.set_random_state(3)
+    out = thick({"mask": clean_grid})["mask"]
+    assert np.array_equal(out, clean_grid) == kept
+
+
 def test_boundary_sampled_gives_network_coordinates_and_targets(clean_grid):
     transform = BoundarySampled("clean", num_points=5000)
     transform.set_random_state(1)
@@ -135,6 +179,7 @@ def test_training_pipeline_in_cache_dataset_with_two_workers(adrenal_npz):
         ToCanonicalGridd("mask", spacing_mm=1.0, grid_size=64, margin=4),
         PackGridd("mask"),
         UnpackGridd("mask"),
+        RandAcquisitionResliced("mask", prob=0.5),  # a batch mixes re-sliced and untouched items
         CopyItemsd("mask", names="input"),
         RandPerlinCorruptiond("input", add_prob=1.0, remove_prob=1.0),
         RandPatchCorruptiond("input", prob=0.5),

@@ -149,3 +149,46 @@ def test_a_tiny_score_variants_run_writes_its_table(tmp_path):
     cut = [c["scores"]["dice"] for c in scores["corrupted_scores"] if c["params"] == {"fraction": 0.3}]
     assert len(cut) == 2 and max(cut) < 1.0
     assert '| plane_cut {"fraction": 0.3} | 2 | 0.300 |' in (tmp_path / "score_variants.md").read_text()
+
+
+def test_the_ct_profile_benchmark_corrupts_re_sliced_masks_and_uses_that_profile(tmp_path):
+    """``--spacing``: masks re-sliced as a 0.8 x 0.8 x 2.5 mm acquisition before corruption, judged at that profile."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "qc_quality.py"), "--cases", "2",
+                             "--train-limit", "10", "--families", "dilation", "--spacing", "0.8", "0.8", "2.5",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "qc_quality.json").read_text())
+    assert scores["spacing_mm"] == [0.8, 0.8, 2.5] and scores["threshold_profile"] == [0.8, 0.8, 2.5]
+    thresholds = json.loads((root / "bundles" / "adrenal_gland" / "configs" / "thresholds.json").read_text())
+    ct = next(p for p in thresholds["profiles"] if p["spacing_mm"] == [0.8, 0.8, 2.5])
+    assert scores["shipped_dice_threshold"] == ct["metrics"]["dice"]["threshold"]
+    assert "--spacing 0.8 0.8 2.5" in (tmp_path / "qc_quality.md").read_text()
+
+
+def test_benchmark_masks_re_sliced_for_a_ct_profile_keep_room_for_corruptions(adrenal_npz):
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from qc_quality import load_masks
+
+    from shapeqc.bundles import bundle_datalist
+
+    items = bundle_datalist(root / "bundles" / "adrenal_gland", str(adrenal_npz.parents[1]), "validate#datalist")[:2]
+    as_given = load_masks(items, None)
+    ct = load_masks(items, None, (0.8, 0.8, 2.5))
+    for (case, mask, affine, _), (ct_case, ct_mask, ct_affine, _) in zip(as_given, ct, strict=True):
+        assert ct_case == case
+        assert np.allclose(np.linalg.norm(ct_affine[:3, :3], axis=0), (0.8, 0.8, 2.5))
+        # the same organ volume in mm^3 (within the re-slicing's staircase), and 12 empty voxels on every side
+        volume, ct_volume = mask.sum() * abs(np.linalg.det(affine[:3, :3])), ct_mask.sum() * 0.8 * 0.8 * 2.5
+        assert abs(ct_volume - volume) < 0.15 * volume
+        found = np.argwhere(ct_mask)
+        assert found.min() >= 11 and np.all(found.max(0) <= np.array(ct_mask.shape) - 12)

@@ -36,6 +36,7 @@ from transforms.errors import (
 from transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
 from transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd, check_organ_mask, load_organ_mask
 from transforms.packing import PackedMask, PackGridd, UnpackGridd, pack_mask, unpack_mask
+from transforms.reslice import RandAcquisitionResliced, acquisition_affine, reslice_mask
 from transforms.writers import SaveSourceSpaced
 
 __all__ = [
@@ -45,6 +46,9 @@ __all__ = [
     "RandPlaneCutd",
     "RandSliceDropd",
     "RandPerlinCorruptiond",
+    "RandAcquisitionResliced",
+    "acquisition_affine",
+    "reslice_mask",
     "organ_box",
     "CanonicalGrid",
     "CanonicalGridToSourced",

@@ -43,7 +43,7 @@ def stable_seed(text: str, base_seed: int = 0) -> int:
     return (zlib.crc32(str(text).encode()) ^ (base_seed * 2654435761)) & 0xFFFFFFFF
 
 
-class _ItemSeeded:
+class ItemSeeded:
     """Mixin: with ``seed_key`` set, each call reseeds ``self.R`` from ``data[seed_key]`` (e.g. the case id), so a
     validation or calibration set gets the same corruption of each case in every epoch and every process."""
 
@@ -62,7 +62,7 @@ def _as_volume(value) -> tuple[np.ndarray, bool]:
     return array, False
 
 
-class RandPerlinCorruptiond(_ItemSeeded, RandomizableTransform, MapTransform):
+class RandPerlinCorruptiond(ItemSeeded, RandomizableTransform, MapTransform):
     """Add and remove Perlin-noise blobs near the organ (see module doc); writes the result to ``output_keys``.
 
     Args:
@@ -143,7 +143,7 @@ class RandPerlinCorruptiond(_ItemSeeded, RandomizableTransform, MapTransform):
         return d
 
 
-class _InPlaceGridCorruption(_ItemSeeded, RandomizableTransform, MapTransform):
+class _InPlaceGridCorruption(ItemSeeded, RandomizableTransform, MapTransform):
     """Base of the corruptions that change each key's grid in place through ``self.corrupt(grid)``."""
 
     def __init__(self, keys: KeysCollection, prob: float, seed_key: str | None, base_seed: int,
