@@ -80,7 +80,9 @@ def canonical(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> np.nd
                                       "organ": organ})["mask"])[0] > 0.5
 
 
-def corrupted_cases(clean, families: list[str], donors) -> list[dict]:
+def corrupted_cases(clean, families: list[str], swaps: list[np.ndarray]) -> list[dict]:
+    """Every family's seeded corruptions of every clean case; ``swaps[i]``: the swap family's mask for case i, in
+    its grid (:func:`swaps_in_place`, :func:`swaps_on_acquisition_grids`)."""
     from shapeqc import qc_corruptions as qc
     from transforms.corruption import stable_seed
 
@@ -88,10 +90,7 @@ def corrupted_cases(clean, families: list[str], donors) -> list[dict]:
     for index, (case_id, mask, affine, organ) in enumerate(clean):
         for family in families:
             if family == "swap":
-                donor, donor_affine = donors[index]
-                same_grid = donor.shape == mask.shape and np.allclose(donor_affine, affine)
-                variants = [("swap", {}, qc.swapped(mask, 0, donor) if same_grid
-                             else qc.swapped(mask, 0, donor, affine, donor_affine))]
+                variants = [("swap", {}, swaps[index])]
             else:
                 generate, severities = qc.FAMILIES[family]
                 variants = []
@@ -117,6 +116,31 @@ def swap_donors(clean) -> list[tuple[np.ndarray, np.ndarray]]:
         same = [c for c in clean[index + 1:] + clean[:index] if c[3] == organ] or [clean[index]]
         donors.append((same[0][1], same[0][2]))
     return donors
+
+
+def swaps_in_place(clean) -> list[np.ndarray]:
+    """Each clean case's donor gland (:func:`swap_donors`) on the case's own grid, centroids matched."""
+    from shapeqc import qc_corruptions as qc
+
+    swaps = []
+    for (_, mask, affine, _), (donor, donor_affine) in zip(clean, swap_donors(clean), strict=True):
+        same_grid = donor.shape == mask.shape and np.allclose(donor_affine, affine)
+        swaps.append(qc.swapped(mask, 0, donor) if same_grid else qc.swapped(mask, 0, donor, affine, donor_affine))
+    return swaps
+
+
+def swaps_on_acquisition_grids(clean_as_given, clean_acquired) -> list[np.ndarray]:
+    """The swap for the ``--spacing`` benchmark: the donor put in place on the 1 mm grids, then re-sliced onto the
+    case's acquisition grid the way its clean mask was (trilinear, 0.5). Swapping two re-sliced masks with each
+    other would resample one acquisition onto another, a staircase no real segmentation has."""
+    from transforms.canonical_grid import resample_trilinear
+
+    swaps = []
+    for swapped, (_, _, affine, _), (_, mask, acquired_affine, _) in zip(
+            swaps_in_place(clean_as_given), clean_as_given, clean_acquired, strict=True):
+        to_as_given = np.linalg.inv(affine) @ acquired_affine
+        swaps.append(resample_trilinear(swapped.astype(np.float32), to_as_given, mask.shape) >= 0.5)
+    return swaps
 
 
 def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
@@ -191,8 +215,11 @@ def main() -> None:
                  "B": DescriptorMahalanobis().fit(np.stack([shape_descriptors(m) for _, m, _, _ in train])),
                  "C": LinearShapeModel().fit(grids), "D": NearestNeighbourDice().fit(grids),
                  "E": ScreeningRules().fit(volumes)}
-    clean = load_masks(bundle_datalist(args.bundle, args.data, "validate#datalist"), args.cases, spacing)
-    cases = corrupted_cases(clean, families, swap_donors(clean))
+    val_items = bundle_datalist(args.bundle, args.data, "validate#datalist")
+    clean = load_masks(val_items, args.cases, spacing)
+    swaps = (swaps_on_acquisition_grids(load_masks(val_items, args.cases), clean) if spacing
+             else swaps_in_place(clean)) if "swap" in families else None
+    cases = corrupted_cases(clean, families, swaps)
     clean_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in clean]
     for case in cases:
         case["scores"] = score_all(bundle, baselines, case["mask"], case["affine"], case["organ"])

@@ -71,7 +71,7 @@ def variant_scores(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qc_quality import corrupted_cases, display_path, load_masks, swap_donors
+    from qc_quality import corrupted_cases, display_path, load_masks, swaps_in_place
 
     from shapeqc.analysis import load_bundle
     from shapeqc.bundles import bundle_datalist
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     bundle = load_bundle(args.bundle)
     clean = load_masks(bundle_datalist(args.bundle, args.data, "validate#datalist"), args.cases)
-    cases = corrupted_cases(clean, args.families.split(","), swap_donors(clean))
+    cases = corrupted_cases(clean, args.families.split(","), swaps_in_place(clean))
     clean_scores = [variant_scores(bundle, m, a, o) for _, m, a, o in clean]
     for case in cases:
         case["scores"] = variant_scores(bundle, case["mask"], case["affine"], case["organ"])

@@ -160,11 +160,12 @@ def test_the_ct_profile_benchmark_corrupts_re_sliced_masks_and_uses_that_profile
 
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(root / "benchmarks" / "qc_quality.py"), "--cases", "2",
-                             "--train-limit", "10", "--families", "dilation", "--spacing", "0.8", "0.8", "2.5",
+                             "--train-limit", "10", "--families", "dilation,swap", "--spacing", "0.8", "0.8", "2.5",
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((tmp_path / "qc_quality.json").read_text())
     assert scores["spacing_mm"] == [0.8, 0.8, 2.5] and scores["threshold_profile"] == [0.8, 0.8, 2.5]
+    assert {c["family"] for c in scores["corrupted_scores"]} == {"dilation", "swap"}
     thresholds = json.loads((root / "bundles" / "adrenal_gland" / "configs" / "thresholds.json").read_text())
     ct = next(p for p in thresholds["profiles"] if p["spacing_mm"] == [0.8, 0.8, 2.5])
     assert scores["shipped_dice_threshold"] == ct["metrics"]["dice"]["threshold"]
@@ -192,3 +193,26 @@ def test_benchmark_masks_re_sliced_for_a_ct_profile_keep_room_for_corruptions(ad
         assert abs(ct_volume - volume) < 0.15 * volume
         found = np.argwhere(ct_mask)
         assert found.min() >= 11 and np.all(found.max(0) <= np.array(ct_mask.shape) - 12)
+
+
+def test_a_ct_profile_swap_is_re_sliced_like_the_clean_mask(adrenal_npz):
+    """With one case the donor is the case itself: its swap on the acquisition grid is exactly its clean mask there,
+    and with two cases each swap is the other gland, re-sliced onto this case's grid."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from qc_quality import load_masks, swaps_on_acquisition_grids
+
+    from shapeqc.bundles import bundle_datalist
+
+    items = bundle_datalist(root / "bundles" / "adrenal_gland", str(adrenal_npz.parents[1]), "validate#datalist")[:2]
+    as_given, acquired = load_masks(items, None), load_masks(items, None, (0.8, 0.8, 2.5))
+    alone = swaps_on_acquisition_grids(as_given[:1], acquired[:1])[0]
+    np.testing.assert_array_equal(alone, acquired[0][1])
+    pair = swaps_on_acquisition_grids(as_given, acquired)
+    for index, swap in enumerate(pair):
+        donor_volume_mm3 = as_given[1 - index][1].sum() * abs(np.linalg.det(as_given[1 - index][2][:3, :3]))
+        assert swap.shape == acquired[index][1].shape
+        assert abs(swap.sum() * 0.8 * 0.8 * 2.5 - donor_volume_mm3) < 0.15 * donor_volume_mm3
