@@ -71,10 +71,13 @@ class RandAcquisitionResliced(ItemSeeded, RandomizableTransform, MapTransform):
     of random spacing (thick slices along ``slice_axis``) and tilted direction cosines, then back onto the
     canonical grid (both ways trilinear, threshold 0.5, the same as :func:`reslice_mask` and the analysis path).
 
-    Why: a prior trained on 1 mm masks alone treats the staircase of a clean 2.5 mm CT mask as damage and
-    "repairs" it, which lowers the Dice of clean CT glands and the threshold calibrated on them. Applied to the
-    clean key *before* it is copied to the corrupted input, both the input and the targets carry the
-    acquisition's look, so the prior learns that it is a plausible organ. Not a corruption: no QC family.
+    Why: a prior trained on 1 mm masks alone, above all one taught to fill cut-off parts (adrenal variant 0.2.0),
+    treats the staircase of a clean 2.5 mm CT mask as damage and "repairs" it, which lowers the Dice of clean CT
+    glands and the threshold calibrated on them. Applied to the clean key *before* it is copied to the corrupted
+    input, both the input and the targets carry the acquisition's look, so the prior learns that it is a
+    plausible organ. Not a corruption: no QC family. Measured effect (adrenal variant 0.3.0, not shipped): the
+    CT threshold recovers, but the prior also accepts thicker glands; see
+    ``benchmarks/results/variant_failure_mode_finetune.md``.
 
     Args:
         keys: binary grids (R, R, R) or (1, R, R, R), replaced in place.
