@@ -21,7 +21,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
-from monai.utils import ensure_tuple
+from monai.utils import convert_to_dst_type, ensure_tuple
 
 from cuda_kernels import perlin3d
 
@@ -143,8 +143,10 @@ class RandPerlinCorruptiond(ItemSeeded, RandomizableTransform, MapTransform):
         return d
 
 
-class _InPlaceGridCorruption(ItemSeeded, RandomizableTransform, MapTransform):
-    """Base of the corruptions that change each key's grid in place through ``self.corrupt(grid)``."""
+class InPlaceGridTransform(ItemSeeded, RandomizableTransform, MapTransform):
+    """Base of the random transforms that replace each key's grid through ``self.change(grid)`` (the in-place
+    corruptions here, ``transforms.reslice.RandAcquisitionResliced``). The result keeps the input's array type
+    (ndarray, tensor or MetaTensor) and dtype, so a batch of changed and untouched items collates."""
 
     def __init__(self, keys: KeysCollection, prob: float, seed_key: str | None, base_seed: int,
                  allow_missing_keys: bool) -> None:
@@ -152,7 +154,8 @@ class _InPlaceGridCorruption(ItemSeeded, RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob)
         self.seed_key, self.base_seed = seed_key, base_seed
 
-    def corrupt(self, grid: np.ndarray) -> np.ndarray:
+    def change(self, grid: np.ndarray) -> np.ndarray:
+        """(R, R, R) binary grid -> (R, R, R) uint8 grid."""
         raise NotImplementedError
 
     def __call__(self, data: Mapping[Hashable, np.ndarray]) -> dict:
@@ -163,12 +166,12 @@ class _InPlaceGridCorruption(ItemSeeded, RandomizableTransform, MapTransform):
             return d
         for key in self.key_iterator(d):
             volume, channel = _as_volume(d[key])
-            corrupted = self.corrupt(volume)
-            d[key] = corrupted[None] if channel else corrupted
+            changed = self.change(volume)
+            d[key], *_ = convert_to_dst_type(changed[None] if channel else changed, d[key], dtype=volume.dtype)
         return d
 
 
-class RandPatchCorruptiond(_InPlaceGridCorruption):
+class RandPatchCorruptiond(InPlaceGridTransform):
     """Add (fill) or delete (empty) one random cube inside the organ's box.
 
     Args:
@@ -197,7 +200,7 @@ class RandPatchCorruptiond(_InPlaceGridCorruption):
         self.size_range = size_range
         self.add_fraction = add_fraction
 
-    def corrupt(self, grid: np.ndarray) -> np.ndarray:
+    def change(self, grid: np.ndarray) -> np.ndarray:
         out = (np.asarray(grid) != 0).astype(np.uint8)
         box = organ_box(out)
         if box is None:
@@ -210,7 +213,7 @@ class RandPatchCorruptiond(_InPlaceGridCorruption):
         return out
 
 
-class RandPlaneCutd(_InPlaceGridCorruption):
+class RandPlaneCutd(InPlaceGridTransform):
     """Remove the part of the organ beyond a plane of random orientation.
 
     Args:
@@ -235,7 +238,7 @@ class RandPlaneCutd(_InPlaceGridCorruption):
         super().__init__(keys, prob, seed_key, base_seed, allow_missing_keys)
         self.fraction_range = fraction_range
 
-    def corrupt(self, grid: np.ndarray) -> np.ndarray:
+    def change(self, grid: np.ndarray) -> np.ndarray:
         out = (np.asarray(grid) != 0).astype(np.uint8)
         points = np.argwhere(out)
         if len(points) == 0:
@@ -249,7 +252,7 @@ class RandPlaneCutd(_InPlaceGridCorruption):
 
 
 
-class RandSliceDropd(_InPlaceGridCorruption):
+class RandSliceDropd(InPlaceGridTransform):
     """Empty ``k`` consecutive slices (``k`` drawn from ``slices_range``) across the organ's middle half along
     ``axis`` (2: superior-inferior in the canonical grid, the slice axis of an axial scan).
 
@@ -278,7 +281,7 @@ class RandSliceDropd(_InPlaceGridCorruption):
         self.slices_range = slices_range
         self.axis = int(axis)
 
-    def corrupt(self, grid: np.ndarray) -> np.ndarray:
+    def change(self, grid: np.ndarray) -> np.ndarray:
         out = (np.asarray(grid) != 0).astype(np.uint8)
         other = tuple(a for a in range(3) if a != self.axis)
         occupied = np.flatnonzero(out.any(axis=other))

@@ -7,16 +7,12 @@ tests and benchmarks, so that the canonical-grid round trip is exercised on real
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
-
 import numpy as np
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
-from monai.utils import convert_to_dst_type
 from scipy.spatial.transform import Rotation
 
 from transforms.canonical_grid import organ_world_bounds, resample_trilinear
-from transforms.corruption import ItemSeeded
+from transforms.corruption import InPlaceGridTransform
 
 
 def acquisition_affine(
@@ -66,7 +62,7 @@ def reslice_mask(
     return (values >= 0.5).astype(np.uint8), new_affine
 
 
-class RandAcquisitionResliced(ItemSeeded, RandomizableTransform, MapTransform):
+class RandAcquisitionResliced(InPlaceGridTransform):
     """Give a clean canonical grid the look of a mask segmented on a CT acquisition grid: re-slice it onto a grid
     of random spacing (thick slices along ``slice_axis``) and tilted direction cosines, then back onto the
     canonical grid (both ways trilinear, threshold 0.5, the same as :func:`reslice_mask` and the analysis path).
@@ -104,14 +100,12 @@ class RandAcquisitionResliced(ItemSeeded, RandomizableTransform, MapTransform):
         base_seed: int = 4,
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(keys, prob, seed_key, base_seed, allow_missing_keys)
         self.in_plane_spacing = in_plane_spacing
         self.slice_spacing = slice_spacing
         self.max_tilt_deg = float(max_tilt_deg)
         self.slice_axis = int(slice_axis)
         self.min_kept_fraction = float(min_kept_fraction)
-        self.seed_key, self.base_seed = seed_key, base_seed
         self.spacing = (1.0, 1.0, 1.0)
         self.rotation_deg = (0.0, 0.0, 0.0)
 
@@ -124,7 +118,7 @@ class RandAcquisitionResliced(ItemSeeded, RandomizableTransform, MapTransform):
         self.spacing = tuple(float(s) for s in spacing)
         self.rotation_deg = tuple(float(a) for a in self.R.uniform(-self.max_tilt_deg, self.max_tilt_deg, 3))
 
-    def reslice(self, grid: np.ndarray) -> np.ndarray:
+    def change(self, grid: np.ndarray) -> np.ndarray:
         """(R, R, R) binary -> (R, R, R) uint8 as acquired at ``self.spacing`` / ``self.rotation_deg`` and back."""
         clean = (np.asarray(grid) != 0).astype(np.uint8)
         if not clean.any():
@@ -135,18 +129,3 @@ class RandAcquisitionResliced(ItemSeeded, RandomizableTransform, MapTransform):
         if back.sum() < self.min_kept_fraction * clean.sum():
             return clean
         return back.astype(np.uint8)
-
-    def __call__(self, data: Mapping[Hashable, np.ndarray]) -> dict:
-        d = dict(data)
-        self._reseed_from(d)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        for key in self.key_iterator(d):
-            array = np.asarray(d[key])
-            channel = array.ndim == 4 and array.shape[0] == 1
-            resliced = self.reslice(array[0] if channel else array)
-            # same array type (MetaTensor, tensor or ndarray) and dtype as the input, so that a batch of
-            # re-sliced and untouched items collates
-            d[key], *_ = convert_to_dst_type(resliced[None] if channel else resliced, d[key], dtype=array.dtype)
-        return d
