@@ -12,10 +12,12 @@ from shapeqc.datasets import adrenalmnist3d_items
 from transforms.boundary_samples import BoundarySampled
 from transforms.coordinates import grid_coords_to_voxel
 from transforms.corruption import (
+    RandBoundaryShiftd,
     RandPatchCorruptiond,
     RandPerlinCorruptiond,
     RandPlaneCutd,
     RandSliceDropd,
+    ellipsoid_element,
     organ_box,
 )
 from transforms.grid_transforms import ToCanonicalGridd
@@ -111,6 +113,52 @@ def test_slice_drop_empties_that_many_slices_in_the_organs_middle(clean_grid, co
     np.testing.assert_array_equal(out[..., emptied[0] - 1], organ[..., emptied[0] - 1])
     again = drop({"mask": organ[None].copy(), "case_id": "c1"})["mask"][0]
     np.testing.assert_array_equal(again, out)  # seeded by the case id
+
+
+@pytest.mark.parametrize("radii, shape, count", [((1.0, 1.0, 1.0), (3, 3, 3), 7), ((0.5, 0.5, 2.0), (1, 1, 5), 5),
+                                                  ((1.5, 1.5, 1.5), (3, 3, 3), 19), ((2.0, 0.5, 0.5), (5, 1, 1), 5)])
+def test_ellipsoid_element(radii, shape, count):
+    element = ellipsoid_element(radii)
+    assert element.shape == shape and int(element.sum()) == count
+    assert element[tuple(n // 2 for n in shape)]
+
+
+@pytest.mark.parametrize("erode_fraction, scipy_op", [(0.0, "binary_dilation"), (1.0, "binary_erosion")])
+def test_boundary_shift_by_one_voxel_is_scipys_six_connected_dilation_or_erosion(clean_grid, erode_fraction,
+                                                                                 scipy_op):
+    from scipy import ndimage
+
+    organ = clean_grid[0] > 0
+    shift = RandBoundaryShiftd("mask", prob=1.0, radius_range=(1.0, 1.0), erode_fraction=erode_fraction)
+    out = shift({"mask": clean_grid.copy()})["mask"]
+    assert out.dtype == clean_grid.dtype and out.shape == clean_grid.shape
+    np.testing.assert_array_equal(out[0] > 0, getattr(ndimage, scipy_op)(organ))
+
+
+def test_boundary_shift_is_anisotropic_seeded_and_always_changes_the_grid(clean_grid):
+    from scipy import ndimage
+
+    organ = clean_grid[0] > 0
+    shift = RandBoundaryShiftd("mask", prob=1.0, radius_range=(0.5, 2.5), erode_fraction=0.0, seed_key="case_id")
+    radii_seen = []
+    for case in ("a", "b", "c", "d", "e"):
+        out = shift({"mask": clean_grid.copy(), "case_id": case})["mask"][0] > 0
+        radii_seen.append(shift.radii)
+        assert max(shift.radii) >= 1.0
+        np.testing.assert_array_equal(out, ndimage.binary_dilation(organ, ellipsoid_element(shift.radii)))
+        assert out.sum() > organ.sum() and not (organ & ~out).any()
+        again = shift({"mask": clean_grid.copy(), "case_id": case})["mask"][0] > 0
+        np.testing.assert_array_equal(again, out)  # seeded by the case id
+    assert len(set(radii_seen)) == 5 and any(max(r) - min(r) > 0.5 for r in radii_seen)
+
+
+def test_boundary_shift_keeps_a_thin_organ_that_erosion_would_wipe_out():
+    slab = np.zeros((1, 32, 32, 32), np.uint8)
+    slab[0, 8:24, 8:24, 15:17] = 1  # two voxels thick along axis 2
+    shift = RandBoundaryShiftd("mask", prob=1.0, radius_range=(1.0, 1.0), erode_fraction=1.0)
+    np.testing.assert_array_equal(shift({"mask": slab.copy()})["mask"], slab)
+    with pytest.raises(ValueError, match="never reaches 1 voxel"):
+        RandBoundaryShiftd("mask", radius_range=(0.2, 0.9))
 
 
 def test_acquisition_reslice_at_the_grid_spacing_without_tilt_is_exact(clean_grid):

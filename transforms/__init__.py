@@ -14,6 +14,7 @@ from transforms.canonical_grid import (
 from transforms.class_maps import class_map, detect_map_version, organ_side
 from transforms.coordinates import grid_coords_to_voxel, voxel_to_grid_coords, voxel_to_world
 from transforms.corruption import (
+    RandBoundaryShiftd,
     RandPatchCorruptiond,
     RandPerlinCorruptiond,
     RandPlaneCutd,
@@ -42,6 +43,7 @@ from transforms.writers import SaveSourceSpaced
 __all__ = [
     "AffineMismatchError",
     "BoundarySampled",
+    "RandBoundaryShiftd",
     "RandPatchCorruptiond",
     "RandPlaneCutd",
     "RandSliceDropd",

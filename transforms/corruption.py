@@ -9,8 +9,10 @@ gives the targets. Both run per training step (no offline preprocessing).
 - :class:`RandPlaneCutd`: cuts the organ by a plane of random orientation (a segmentation that stops early).
 - :class:`RandSliceDropd`: empties a few consecutive slices across the organ (missed slices of a slice-wise
   segmenter).
+- :class:`RandBoundaryShiftd`: moves the whole surface out (dilation) or in (erosion) by an ellipsoid of random
+  radii (a segmenter that is too generous or too strict everywhere, anisotropic as on thick-slice CT).
 
-The last two are failure modes of real segmenters that the first two do not teach: a prior trained on blobs
+The last three are failure modes of real segmenters that the first two do not teach: a prior trained on blobs
 alone learns to keep any flat cut face it is shown.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, ensure_tuple
+from scipy import ndimage
 
 from cuda_kernels import perlin3d
 
@@ -295,3 +298,82 @@ class RandSliceDropd(InPlaceGridTransform):
         index[self.axis] = slice(start, start + count)
         out[tuple(index)] = 0
         return out
+
+
+def ellipsoid_element(radii: tuple[float, float, float]) -> np.ndarray:
+    """Structuring element: the voxels ``d`` with ``sum((d_i / r_i)^2) <= 1``, radii in voxels (> 0).
+
+    Returns a boolean (2 floor(r_0) + 1, ...) array; a radius below 1 leaves that axis one voxel thick, so
+    (0.5, 0.5, 2.0) grows along axis 2 only.
+    """
+    half = [int(np.floor(r)) for r in radii]
+    offsets = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
+    return sum((o / r) ** 2 for o, r in zip(offsets, radii, strict=True)) <= 1.0 + 1e-9
+
+
+class RandBoundaryShiftd(InPlaceGridTransform):
+    """Dilate or erode the whole organ by an ellipsoid whose radii (grid voxels, one per axis) are drawn from
+    ``radius_range``, at least one of them at least 1 voxel so that the grid changes.
+
+    Why: a prior trained only to fill (blobs removed, cut-off parts, missing slices, a CT staircase as plausible)
+    accepts a gland that is uniformly too thick (adrenal variants 0.2.0 and 0.3.0, one-voxel dilation detected
+    below chance on CT grids); shown grown and shrunk inputs with the true gland as target it learns where the
+    surface is, not only which parts are missing. Anisotropic radii stand for a one-voxel error on a
+    0.8 x 0.8 x 2.5 mm grid (about 1 grid voxel in-plane, 2.5 across slices).
+
+    Args:
+        keys: binary grids (R, R, R) or (1, R, R, R), corrupted in place.
+        prob: probability of applying.
+        radius_range: (low, high) radius per axis, in grid voxels, drawn uniformly and independently.
+        erode_fraction: probability that the shift is inward (erosion) rather than outward.
+        min_kept_fraction: an erosion that would keep fewer voxels than this fraction of the organ (a thin
+            limb wiped out) is not applied; the grid is returned unchanged.
+        seed_key, base_seed: as :class:`RandPatchCorruptiond`.
+    """
+
+    # the QC benchmark's names (shapeqc.qc_corruptions) for what this transform does to training inputs
+    families = ("dilation", "erosion")
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.3,
+        radius_range: tuple[float, float] = (0.5, 2.5),
+        erode_fraction: float = 0.3,
+        min_kept_fraction: float = 0.3,
+        seed_key: str | None = None,
+        base_seed: int = 5,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, prob, seed_key, base_seed, allow_missing_keys)
+        if radius_range[1] < 1.0:
+            raise ValueError(f"radius_range {radius_range} never reaches 1 voxel: the grid would never change")
+        self.radius_range = radius_range
+        self.erode_fraction = float(erode_fraction)
+        self.min_kept_fraction = float(min_kept_fraction)
+        self.radii = (1.0, 1.0, 1.0)
+        self.erode = False
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        if not self._do_transform:
+            return
+        radii = self.R.uniform(*self.radius_range, 3)
+        if radii.max() < 1.0:
+            radii[self.R.randint(3)] = self.R.uniform(1.0, self.radius_range[1])
+        self.radii = tuple(float(r) for r in radii)
+        self.erode = bool(self.R.random() < self.erode_fraction)
+
+    def change(self, grid: np.ndarray) -> np.ndarray:
+        """(R, R, R) binary -> (R, R, R) uint8 dilated (or eroded) by ``ellipsoid_element(self.radii)``."""
+        organ = np.asarray(grid) != 0
+        if not organ.any():
+            return organ.astype(np.uint8)
+        element = ellipsoid_element(self.radii)
+        if self.erode:
+            shifted = ndimage.binary_erosion(organ, structure=element)
+            if shifted.sum() < self.min_kept_fraction * organ.sum():
+                return organ.astype(np.uint8)
+        else:
+            shifted = ndimage.binary_dilation(organ, structure=element)
+        return shifted.astype(np.uint8)
