@@ -31,9 +31,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("shapeqc_dice", "shapeqc_asd", "shapeqc_hd95", "shapeqc_max_sd", "A_volume_z", "B_descriptors",
-           "C_linear_ssm", "D_nearest_dice", "E_rules")
+SCORED = ("shapeqc_dice", "shapeqc_asd", "shapeqc_hd95", "shapeqc_max_sd", "A_volume_z", "B_descriptors",
+          "C_linear_ssm", "D_nearest_dice", "E_rules")
 SHAPEQC = {"shapeqc_dice": "dice", "shapeqc_asd": "asd_mm", "shapeqc_hd95": "hd95_mm", "shapeqc_max_sd": "max_sd_mm"}
+# scores made of two scored ones, each put on the scale of its own clean cases (median -> 0, 95th percentile -> 1)
+# and the larger taken: flagged when either part is past its 5% cut. Fixed before looking at corrupted cases.
+COMBINED = {"shapeqc_dice_or_B": ("shapeqc_dice", "B_descriptors")}
+METHODS = (*SCORED, *COMBINED)
 
 
 def crop_with_margin(mask: np.ndarray, affine: np.ndarray, margin: int = 12,
@@ -174,12 +178,34 @@ def badness(method: str, values) -> np.ndarray:
     return -values if method == "shapeqc_dice" else values
 
 
-def main() -> None:
-    from scipy import stats
+def clean_scale(method: str, reference: list[dict]) -> tuple[float, float]:
+    """(median, 95th percentile - median) of ``method``'s badness over the finite clean scores ``reference``."""
+    values = badness(method, [s[method] for s in reference])
+    values = values[np.isfinite(values)]
+    median = float(np.median(values))
+    return median, max(float(np.quantile(values, 0.95)) - median, 1e-9)
 
+
+def add_combined_scores(clean_scores: list[dict], corrupted_scores: list[dict]) -> None:
+    """Adds each :data:`COMBINED` score to every score dict, in place. Cross-fitted: a clean case is put on the
+    scale of the other clean cases (leave one out), so that its own score does not set the scale it is judged by;
+    a corrupted case on the scale of all clean cases. Larger means more likely wrong."""
+    def combined(parts, scores, reference):
+        return max((badness(m, [scores[m]])[0] - clean_scale(m, reference)[0]) / clean_scale(m, reference)[1]
+                   for m in parts)
+
+    for name, parts in COMBINED.items():
+        values = [combined(parts, s, clean_scores[:i] + clean_scores[i + 1:]) for i, s in enumerate(clean_scores)]
+        for scores, value in zip(clean_scores, values, strict=True):
+            scores[name] = float(value)
+        for scores in corrupted_scores:
+            scores[name] = float(combined(parts, scores, clean_scores))
+
+
+def score_run(args) -> dict:
+    """Builds the cases and scores every one of them with every method of :data:`SCORED` (the slow part)."""
     from shapeqc.analysis import load_bundle, load_thresholds, select_profile
     from shapeqc.bundles import bundle_datalist
-    from shapeqc.calibration import auroc
     from shapeqc.qc_baselines import (
         DescriptorMahalanobis,
         LinearShapeModel,
@@ -191,16 +217,6 @@ def main() -> None:
     )
     from shapeqc.qc_corruptions import FAMILIES, TRAINED_FAMILIES
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "adrenal_gland")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--cases", type=int, default=30, help="clean val cases")
-    parser.add_argument("--train-limit", type=int, default=400, help="training masks fitting the baselines")
-    parser.add_argument("--families", default="all", help="comma-separated families, or all (incl. swap)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                        help="re-slice every mask as a CT acquisition at this voxel size (mm) first")
-    args = parser.parse_args()
     spacing = tuple(args.spacing) if args.spacing else None
     started = time.perf_counter()
     families = [*FAMILIES, "swap"] if args.families == "all" else args.families.split(",")
@@ -230,7 +246,53 @@ def main() -> None:
     # read now rather than at start: a calibration finishing while the scores were computed is the shipped one
     # the profile the analysis itself would pick for these masks (1 mm: the "as given" profile)
     profile = select_profile(load_thresholds(args.bundle), spacing or (1.0, 1.0, 1.0))
-    shipped = profile["metrics"]["dice"]["threshold"]
+    command = (f"python benchmarks/qc_quality.py --bundle bundles/{args.bundle.name} --cases {args.cases} "
+               f"--train-limit {args.train_limit} --out {display_path(args.out)} --families {args.families}"
+               + (" --spacing " + " ".join(f"{v:g}" for v in spacing) if spacing else ""))
+    return {"bundle": str(args.bundle.name), "command": command, "spacing_mm": list(spacing) if spacing else None,
+            "threshold_profile": profile.get("spacing_mm"), "trained_families": trained_families,
+            "train_masks": len(train), "shipped_dice_threshold": profile["metrics"]["dice"]["threshold"],
+            "seconds": round(time.perf_counter() - started, 1),
+            # every score of every case, so other scores can be studied without re-running the reconstructions
+            "clean_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(clean, clean_scores,
+                                                                                        strict=True)],
+            "corrupted_scores": [{k: c[k] for k in ("case", "family", "params", "volume_change", "true_dice",
+                                                    "scores")} for c in cases],
+            "plausible_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(plausible,
+                                                                                            plausible_scores,
+                                                                                            strict=True)]}
+
+
+def stored_scores(path: Path) -> dict:
+    """A stored qc_quality.json as :func:`score_run` returns it; files written before the command and the
+    plausible set's per-case scores were stored get a command rebuilt from their fields and no plausible set."""
+    stored = json.loads(Path(path).read_text())
+    if "corrupted_scores" not in stored:
+        raise SystemExit(f"{path}: written without every case's scores; run the benchmark again instead")
+    stored.setdefault("spacing_mm", None)
+    stored.setdefault("threshold_profile", None)
+    if "command" not in stored:
+        families = sorted({c["family"] for c in stored["corrupted_scores"]})
+        spacing = stored.get("spacing_mm")
+        stored["command"] = (f"python benchmarks/qc_quality.py --bundle bundles/{stored['bundle']} "
+                             f"--cases {stored['clean_cases']} --train-limit {stored['train_masks']} "
+                             f"--families {'all' if len(families) >= 11 else ','.join(families)}"
+                             + (" --spacing " + " ".join(f"{v:g}" for v in spacing) if spacing else ""))
+    stored.setdefault("plausible_scores", [])
+    return stored
+
+
+def tabulate(scored: dict) -> dict:
+    """Per family and severity, overall and quality-estimation summaries of :func:`score_run`'s scores (also of a
+    stored run's, ``--rescore``), with the :data:`COMBINED` scores added to every case."""
+    from scipy import stats
+
+    from shapeqc.calibration import auroc
+
+    cases, shipped = scored["corrupted_scores"], scored["shipped_dice_threshold"]
+    clean_scores = [c["scores"] for c in scored["clean_scores"]]
+    plausible_scores = [c["scores"] for c in scored["plausible_scores"]]
+    add_combined_scores(clean_scores, [c["scores"] for c in cases] + plausible_scores)
     cut = {m: np.quantile(badness(m, [s[m] for s in clean_scores]), 0.95) for m in METHODS}
     clean_fpr_shipped = float(np.mean([s["shapeqc_dice"] < shipped for s in clean_scores]))
 
@@ -244,6 +306,7 @@ def main() -> None:
                                                                   for c in selected]))
         return row
 
+    families = list(dict.fromkeys(c["family"] for c in cases))
     table = {}
     for family in families:
         for params in sorted({json.dumps(c["params"], sort_keys=True) for c in cases if c["family"] == family}):
@@ -254,7 +317,7 @@ def main() -> None:
     overall = {"all corrupted": summary(cases)} if cases else {}
     if moderate:
         overall[">= 10% volume changed"] = summary(moderate)
-        unseen = [c for c in moderate if c["family"] not in trained_families]
+        unseen = [c for c in moderate if c["family"] not in scored["trained_families"]]
         if unseen:
             overall[">= 10% changed, families unseen in training"] = summary(unseen)
     # the issue's headline: per family and severity with a median change of at least 10%, AUROC averaged with
@@ -286,36 +349,53 @@ def main() -> None:
             values = badness(method, [s[method] for s in plausible_scores])
             other[method] = {"fpr": float(np.mean(values > cut[method])),
                              "auroc_vs_clean": auroc(values, badness(method, [s[method] for s in clean_scores]))}
-    result = {"bundle": str(args.bundle.name), "spacing_mm": list(spacing) if spacing else None,
-              "threshold_profile": profile.get("spacing_mm"),
-              "clean_cases": len(clean), "corrupted_cases": len(cases),
-              "plausible_set": other, "trained_families": trained_families,
-              "train_masks": len(train), "shipped_dice_threshold": shipped,
-              "clean_fpr_at_shipped_threshold": clean_fpr_shipped, "families": table, "overall": overall,
-              "family_mean_moderate": family_mean, "quality_estimation": estimation,
-              "seconds": round(time.perf_counter() - started, 1),
-              # every score of every case, so other scores can be studied without re-running the reconstructions
-              "clean_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(clean, clean_scores,
-                                                                                          strict=True)],
-              "corrupted_scores": [{k: c[k] for k in ("case", "family", "params", "volume_change", "true_dice",
-                                                      "scores")} for c in cases]}
+    return {key: scored[key] for key in ("bundle", "command", "spacing_mm", "threshold_profile")} | {
+        "clean_cases": len(clean_scores), "corrupted_cases": len(cases), "plausible_set": other,
+        "trained_families": scored["trained_families"], "train_masks": scored["train_masks"],
+        "shipped_dice_threshold": shipped, "clean_fpr_at_shipped_threshold": clean_fpr_shipped,
+        "families": table, "overall": overall, "family_mean_moderate": family_mean,
+        "quality_estimation": estimation, "seconds": scored["seconds"],
+        **{key: scored[key] for key in ("clean_scores", "corrupted_scores", "plausible_scores")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "adrenal_gland")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--cases", type=int, default=30, help="clean val cases")
+    parser.add_argument("--train-limit", type=int, default=400, help="training masks fitting the baselines")
+    parser.add_argument("--families", default="all", help="comma-separated families, or all (incl. swap)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                        help="re-slice every mask as a CT acquisition at this voxel size (mm) first")
+    parser.add_argument("--rescore", type=Path, default=None, metavar="QC_QUALITY_JSON",
+                        help="rebuild the tables from a stored run's scores (no reconstruction); other options "
+                             "but --out are ignored")
+    args = parser.parse_args()
+    if args.rescore:
+        scored = stored_scores(args.rescore)
+        scored["rescored"] = (f"python benchmarks/qc_quality.py --rescore {display_path(args.rescore)} "
+                              f"--out {display_path(args.out)}")
+    else:
+        scored = score_run(args)
+    result = tabulate(scored)
+    if scored.get("rescored"):
+        result["rescored"] = scored["rescored"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "qc_quality.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "qc_quality.md").write_text(markdown(result, args))
-    plot_roc(cases, clean_scores, args.out / "qc_quality_roc.png")
+    (args.out / "qc_quality.md").write_text(markdown(result))
+    plot_roc(result["corrupted_scores"], [s["scores"] for s in result["clean_scores"]], args.out / "qc_quality_roc.png")
     print((args.out / "qc_quality.md").read_text())
 
 
-def markdown(result: dict, args) -> str:
+def markdown(result: dict) -> str:
     short = {"shapeqc_dice": "shapeqc Dice", "shapeqc_asd": "ASD", "shapeqc_hd95": "HD95", "shapeqc_max_sd": "max SD",
              "A_volume_z": "A vol z", "B_descriptors": "B descr", "C_linear_ssm": "C SSM", "D_nearest_dice": "D NN",
-             "E_rules": "E rules"}
+             "E_rules": "E rules", "shapeqc_dice_or_B": "Dice or B"}
     lines = [f"# QC benchmark: bundle `{result['bundle']}`", "",
-             f"Command: `python benchmarks/qc_quality.py --bundle bundles/{result['bundle']} --cases {args.cases} "
-             f"--train-limit {args.train_limit} --out {display_path(args.out)} "
-             f"--families {args.families}"
-             + (" --spacing " + " ".join(f"{v:g}" for v in result["spacing_mm"]) if result.get("spacing_mm") else "")
-             + f"` ({result['seconds']:.0f} s). Clean cases: {result['clean_cases']} real val "
+             f"Command: `{result['command']}` ({result['seconds']:.0f} s)"
+             + (f"; tables rebuilt from its stored scores by `{result['rescored']}`" if result.get("rescored") else "")
+             + f". Clean cases: {result['clean_cases']} real val "
              f"masks; corrupted: {result['corrupted_cases']}; baselines fitted on {result['train_masks']} training "
              "masks."
              + (" Every mask re-sliced as a CT acquisition at " + " x ".join(f"{v:g}" for v in result["spacing_mm"])
@@ -325,7 +405,8 @@ def markdown(result: dict, args) -> str:
              f"({result['shipped_dice_threshold']:.4f}): {result['clean_fpr_at_shipped_threshold']:.3f} "
              "(nominal 0.05).",
              "", "AUROC (detection rate at each method's own 5% false-positive threshold). Families marked * were "
-             "used to train the prior.", "",
+             "used to train the prior. \"Dice or B\": shapeqc Dice and baseline B, each scaled on the clean cases "
+             "(median 0, 95th percentile 1; a clean case on the other clean cases' scale), the larger taken.", "",
              "| family (severity) | cases | median volume change | " + " | ".join(short[m] for m in METHODS)
              + " | shapeqc Dice at shipped threshold |",
              "|---|---|---|" + "---|" * len(METHODS) + "---|"]

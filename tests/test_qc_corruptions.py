@@ -125,6 +125,60 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
         np.mean([row["shapeqc_dice"]["auroc"] for row in scores["families"].values()]))
     assert "Mean AUROC over the 2 family rows" in table
     assert (tmp_path / "qc_quality_roc.png").stat().st_size > 10_000
+    assert all("shapeqc_dice_or_B" in c["scores"] for c in scores["clean_scores"] + scores["corrupted_scores"])
+    assert "Dice or B" in table
+    # --rescore rebuilds the same tables from the stored scores, without reconstructing anything
+    rescored_dir = tmp_path / "rescored"
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "qc_quality.py"), "--rescore",
+                             str(tmp_path / "qc_quality.json"), "--out", str(rescored_dir)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rescored = json.loads((rescored_dir / "qc_quality.json").read_text())
+    assert rescored["families"] == scores["families"] and rescored["command"] == scores["command"]
+    assert "--rescore" in rescored["rescored"] and "--rescore" in (rescored_dir / "qc_quality.md").read_text()
+
+
+def _benchmark_module():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import qc_quality
+
+    return qc_quality
+
+
+def test_the_combined_score_puts_each_part_on_its_clean_scale_and_takes_the_larger():
+    qc_quality = _benchmark_module()
+    dice = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90, 0.89]
+    clean = [{"shapeqc_dice": d, "B_descriptors": float(b)} for d, b in zip(dice, range(11), strict=True)]
+    dice_median, dice_span = qc_quality.clean_scale("shapeqc_dice", clean)
+    b_median, b_span = qc_quality.clean_scale("B_descriptors", clean)
+    assert (dice_median, b_median) == pytest.approx((-0.94, 5.0))
+    assert (dice_span, b_span) == pytest.approx((0.045, 4.5))
+    at_dice_cut = {"shapeqc_dice": 0.895, "B_descriptors": 5.0}  # Dice at its 95th percentile, B at its median
+    at_b_cut = {"shapeqc_dice": 0.94, "B_descriptors": 9.5}
+    both_bad = {"shapeqc_dice": 0.5, "B_descriptors": 50.0}
+    qc_quality.add_combined_scores(clean, [at_dice_cut, at_b_cut, both_bad])
+    assert at_dice_cut["shapeqc_dice_or_B"] == pytest.approx(1.0)
+    assert at_b_cut["shapeqc_dice_or_B"] == pytest.approx(1.0)
+    assert both_bad["shapeqc_dice_or_B"] == pytest.approx(max(0.44 / 0.045, 45.0 / 4.5))
+
+
+def test_a_clean_case_is_put_on_the_other_clean_cases_scale():
+    qc_quality = _benchmark_module()
+    rng = np.random.default_rng(0)
+    clean = [{"shapeqc_dice": float(d), "B_descriptors": float(b)}
+             for d, b in zip(rng.uniform(0.9, 1.0, 12), rng.uniform(0, 10, 12), strict=True)]
+    for index in range(len(clean)):
+        others = [dict(c) for c in clean[:index] + clean[index + 1:]]
+        as_new = dict(clean[index])
+        qc_quality.add_combined_scores(others, [as_new])
+        expected = as_new["shapeqc_dice_or_B"]
+        qc_quality.add_combined_scores(clean, [])
+        assert clean[index]["shapeqc_dice_or_B"] == pytest.approx(expected)
+    # and not on the scale of all of them, its own score included: the largest clean Dice-badness would get 1.0+
+    assert max(c["shapeqc_dice_or_B"] for c in clean) > 1.0
 
 
 def test_a_tiny_score_variants_run_writes_its_table(tmp_path):
