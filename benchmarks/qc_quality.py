@@ -190,16 +190,20 @@ def add_combined_scores(clean_scores: list[dict], corrupted_scores: list[dict]) 
     """Adds each :data:`COMBINED` score to every score dict, in place. Cross-fitted: a clean case is put on the
     scale of the other clean cases (leave one out), so that its own score does not set the scale it is judged by;
     a corrupted case on the scale of all clean cases. Larger means more likely wrong."""
-    def combined(parts, scores, reference):
-        return max((badness(m, [scores[m]])[0] - clean_scale(m, reference)[0]) / clean_scale(m, reference)[1]
-                   for m in parts)
+    def combined(parts, scores, scales):
+        return max((badness(m, [scores[m]])[0] - scales[m][0]) / scales[m][1] for m in parts)
 
     for name, parts in COMBINED.items():
-        values = [combined(parts, s, clean_scores[:i] + clean_scores[i + 1:]) for i, s in enumerate(clean_scores)]
+        # each reference set's scales computed once: the other clean cases per clean case, all of them otherwise
+        values = []
+        for i, scores in enumerate(clean_scores):
+            others = clean_scores[:i] + clean_scores[i + 1:]
+            values.append(combined(parts, scores, {m: clean_scale(m, others) for m in parts}))
         for scores, value in zip(clean_scores, values, strict=True):
             scores[name] = float(value)
+        all_clean = {m: clean_scale(m, clean_scores) for m in parts}
         for scores in corrupted_scores:
-            scores[name] = float(combined(parts, scores, clean_scores))
+            scores[name] = float(combined(parts, scores, all_clean))
 
 
 def score_run(args) -> dict:
@@ -272,11 +276,14 @@ def stored_scores(path: Path) -> dict:
     stored.setdefault("spacing_mm", None)
     stored.setdefault("threshold_profile", None)
     if "command" not in stored:
+        from shapeqc.qc_corruptions import FAMILIES
+
         families = sorted({c["family"] for c in stored["corrupted_scores"]})
+        every = families == sorted([*FAMILIES, "swap"])
         spacing = stored.get("spacing_mm")
         stored["command"] = (f"python benchmarks/qc_quality.py --bundle bundles/{stored['bundle']} "
                              f"--cases {stored['clean_cases']} --train-limit {stored['train_masks']} "
-                             f"--families {'all' if len(families) >= 11 else ','.join(families)}"
+                             f"--families {'all' if every else ','.join(families)}"
                              + (" --spacing " + " ".join(f"{v:g}" for v in spacing) if spacing else ""))
     stored.setdefault("plausible_scores", [])
     return stored
@@ -355,7 +362,8 @@ def tabulate(scored: dict) -> dict:
         "shipped_dice_threshold": shipped, "clean_fpr_at_shipped_threshold": clean_fpr_shipped,
         "families": table, "overall": overall, "family_mean_moderate": family_mean,
         "quality_estimation": estimation, "seconds": scored["seconds"],
-        **{key: scored[key] for key in ("clean_scores", "corrupted_scores", "plausible_scores")}}
+        **{key: scored[key] for key in ("clean_scores", "corrupted_scores", "plausible_scores", "rescored")
+           if key in scored}}
 
 
 def main() -> None:
@@ -379,8 +387,6 @@ def main() -> None:
     else:
         scored = score_run(args)
     result = tabulate(scored)
-    if scored.get("rescored"):
-        result["rescored"] = scored["rescored"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "qc_quality.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "qc_quality.md").write_text(markdown(result))
