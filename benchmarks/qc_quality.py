@@ -17,6 +17,10 @@ that voxel size with a tilt seeded by its case id (``shapeqc.calibration.acquisi
 profile), and the corruptions act on that grid (a dilation by one voxel is then 0.8 mm in-plane, 2.5 mm across
 slices, as on a real CT); shapeqc is judged at the bundle's threshold for that profile.
 
+``--rescore RUN.json`` rebuilds the tables from a stored run's per-case scores in seconds; with
+``--thresholds-from BUNDLE`` it also takes the shipped threshold from that bundle (a calibration that finished
+after the run: the AUROCs do not depend on it, the detection at the shipped threshold and the clean FPR do).
+
 Writes OUT/qc_quality.md (tables), OUT/qc_quality.json (summaries and every case's scores) and
 OUT/qc_quality_roc.png.
 """
@@ -208,7 +212,7 @@ def add_combined_scores(clean_scores: list[dict], corrupted_scores: list[dict]) 
 
 def score_run(args) -> dict:
     """Builds the cases and scores every one of them with every method of :data:`SCORED` (the slow part)."""
-    from shapeqc.analysis import load_bundle, load_thresholds, select_profile
+    from shapeqc.analysis import load_bundle
     from shapeqc.bundles import bundle_datalist
     from shapeqc.qc_baselines import (
         DescriptorMahalanobis,
@@ -249,7 +253,7 @@ def score_run(args) -> dict:
 
     # read now rather than at start: a calibration finishing while the scores were computed is the shipped one
     # the profile the analysis itself would pick for these masks (1 mm: the "as given" profile)
-    profile = select_profile(load_thresholds(args.bundle), spacing or (1.0, 1.0, 1.0))
+    profile = shipped_profile(args.bundle, spacing)
     command = (f"python benchmarks/qc_quality.py --bundle bundles/{args.bundle.name} --cases {args.cases} "
                f"--train-limit {args.train_limit} --out {display_path(args.out)} --families {args.families}"
                + (" --spacing " + " ".join(f"{v:g}" for v in spacing) if spacing else ""))
@@ -265,6 +269,17 @@ def score_run(args) -> dict:
             "plausible_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(plausible,
                                                                                             plausible_scores,
                                                                                             strict=True)]}
+
+
+def shipped_profile(bundle_dir: Path, spacing: list[float] | None) -> dict:
+    """The threshold profile of ``bundle_dir/configs/thresholds.json`` that ``shapeqc analyse`` would apply to masks
+    of ``spacing`` (mm; None: 1 mm as given)."""
+    from shapeqc.analysis import load_thresholds, select_profile
+
+    profile = select_profile(load_thresholds(bundle_dir), tuple(spacing) if spacing else (1.0, 1.0, 1.0))
+    if profile is None:
+        raise SystemExit(f"{bundle_dir}: no configs/thresholds.json; calibrate the bundle first")
+    return profile
 
 
 def stored_scores(path: Path) -> dict:
@@ -378,12 +393,22 @@ def main() -> None:
                         help="re-slice every mask as a CT acquisition at this voxel size (mm) first")
     parser.add_argument("--rescore", type=Path, default=None, metavar="QC_QUALITY_JSON",
                         help="rebuild the tables from a stored run's scores (no reconstruction); other options "
-                             "but --out are ignored")
+                             "but --out and --thresholds-from are ignored")
+    parser.add_argument("--thresholds-from", type=Path, default=None, metavar="BUNDLE",
+                        help="with --rescore: take the shipped Dice threshold from this bundle's thresholds.json "
+                             "(a calibration that finished after the run)")
     args = parser.parse_args()
+    if args.thresholds_from and not args.rescore:
+        parser.error("--thresholds-from needs --rescore")
     if args.rescore:
         scored = stored_scores(args.rescore)
         scored["rescored"] = (f"python benchmarks/qc_quality.py --rescore {display_path(args.rescore)} "
                               f"--out {display_path(args.out)}")
+        if args.thresholds_from:
+            profile = shipped_profile(args.thresholds_from, scored["spacing_mm"])
+            scored["shipped_dice_threshold"] = profile["metrics"]["dice"]["threshold"]
+            scored["threshold_profile"] = profile.get("spacing_mm")
+            scored["rescored"] += f" --thresholds-from bundles/{args.thresholds_from.name}"
     else:
         scored = score_run(args)
     result = tabulate(scored)

@@ -136,6 +136,22 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     rescored = json.loads((rescored_dir / "qc_quality.json").read_text())
     assert rescored["families"] == scores["families"] and rescored["command"] == scores["command"]
     assert "--rescore" in rescored["rescored"] and "--rescore" in (rescored_dir / "qc_quality.md").read_text()
+    # --thresholds-from: a calibration finished after the run sets the shipped threshold; AUROCs do not move
+    later = tmp_path / "later_bundle"
+    (later / "configs").mkdir(parents=True)
+    (later / "configs" / "thresholds.json").write_text(json.dumps({"profiles": [
+        {"spacing_mm": None, "metrics": {"dice": {"threshold": 1.5, "worse_when": "below", "enabled": True}}}]}))
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "qc_quality.py"), "--rescore",
+                             str(tmp_path / "qc_quality.json"), "--out", str(tmp_path / "later"),
+                             "--thresholds-from", str(later)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    relabelled = json.loads((tmp_path / "later" / "qc_quality.json").read_text())
+    assert relabelled["shipped_dice_threshold"] == 1.5 and relabelled["clean_fpr_at_shipped_threshold"] == 1.0
+    assert scores["clean_fpr_at_shipped_threshold"] < 1.0
+    assert {k: v["shapeqc_dice"]["auroc"] for k, v in relabelled["families"].items()} == {
+        k: v["shapeqc_dice"]["auroc"] for k, v in scores["families"].items()}
+    assert all(v["shapeqc_dice"]["detection_shipped"] == 1.0 for v in relabelled["families"].values())
+    assert "--thresholds-from bundles/later_bundle" in relabelled["rescored"]
 
 
 def _benchmark_module():
