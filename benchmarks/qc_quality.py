@@ -252,8 +252,10 @@ def score_run(args) -> dict:
     plausible_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in plausible]
 
     # read now rather than at start: a calibration finishing while the scores were computed is the shipped one
-    # the profile the analysis itself would pick for these masks (1 mm: the "as given" profile)
-    profile = shipped_profile(args.bundle, spacing)
+    # the profile the analysis itself would pick for these masks (1 mm: the "as given" profile); a bundle not
+    # calibrated yet still gets its scores and AUROCs written (the shipped columns: --rescore --thresholds-from)
+    profile = shipped_profile(args.bundle, spacing, required=False) or {"spacing_mm": None, "metrics": {
+        "dice": {"threshold": None}}}
     command = (f"python benchmarks/qc_quality.py --bundle bundles/{args.bundle.name} --cases {args.cases} "
                f"--train-limit {args.train_limit} --out {display_path(args.out)} --families {args.families}"
                + (" --spacing " + " ".join(f"{v:g}" for v in spacing) if spacing else ""))
@@ -271,13 +273,14 @@ def score_run(args) -> dict:
                                                                                             strict=True)]}
 
 
-def shipped_profile(bundle_dir: Path, spacing: list[float] | None) -> dict:
+def shipped_profile(bundle_dir: Path, spacing: list[float] | None, required: bool = True) -> dict | None:
     """The threshold profile of ``bundle_dir/configs/thresholds.json`` that ``shapeqc analyse`` would apply to masks
-    of ``spacing`` (mm; None: 1 mm as given)."""
+    of ``spacing`` (mm; None: 1 mm as given). Without one: SystemExit naming the folder, or None if not
+    ``required``."""
     from shapeqc.analysis import load_thresholds, select_profile
 
     profile = select_profile(load_thresholds(bundle_dir), tuple(spacing) if spacing else (1.0, 1.0, 1.0))
-    if profile is None:
+    if profile is None and required:
         raise SystemExit(f"{bundle_dir}: no configs/thresholds.json; calibrate the bundle first")
     return profile
 
@@ -316,7 +319,12 @@ def tabulate(scored: dict) -> dict:
     plausible_scores = [c["scores"] for c in scored["plausible_scores"]]
     add_combined_scores(clean_scores, [c["scores"] for c in cases] + plausible_scores)
     cut = {m: np.quantile(badness(m, [s[m] for s in clean_scores]), 0.95) for m in METHODS}
-    clean_fpr_shipped = float(np.mean([s["shapeqc_dice"] < shipped for s in clean_scores]))
+
+    def below_shipped(scores: list[dict]) -> float | None:
+        """Fraction of ``scores`` whose Dice falls below the shipped threshold (None: no threshold known)."""
+        return None if shipped is None else float(np.mean([s["shapeqc_dice"] < shipped for s in scores]))
+
+    clean_fpr_shipped = below_shipped(clean_scores)
 
     def summary(selected: list[dict]) -> dict:
         row = {"cases": len(selected), "volume_change": float(np.median([c["volume_change"] for c in selected]))}
@@ -324,8 +332,7 @@ def tabulate(scored: dict) -> dict:
             positives = badness(method, [c["scores"][method] for c in selected])
             negatives = badness(method, [s[method] for s in clean_scores])
             row[method] = {"auroc": auroc(positives, negatives), "detection": float(np.mean(positives > cut[method]))}
-        row["shapeqc_dice"]["detection_shipped"] = float(np.mean([c["scores"]["shapeqc_dice"] < shipped
-                                                                  for c in selected]))
+        row["shapeqc_dice"]["detection_shipped"] = below_shipped([c["scores"] for c in selected])
         return row
 
     families = list(dict.fromkeys(c["family"] for c in cases))
@@ -366,7 +373,7 @@ def tabulate(scored: dict) -> dict:
     other = {}
     if plausible_scores:
         other = {"cases": len(plausible_scores),
-                 "fpr_at_shipped_threshold": float(np.mean([s["shapeqc_dice"] < shipped for s in plausible_scores]))}
+                 "fpr_at_shipped_threshold": below_shipped(plausible_scores)}
         for method in METHODS:
             values = badness(method, [s[method] for s in plausible_scores])
             other[method] = {"fpr": float(np.mean(values > cut[method])),
@@ -432,9 +439,11 @@ def markdown(result: dict) -> str:
              + (" Every mask re-sliced as a CT acquisition at " + " x ".join(f"{v:g}" for v in result["spacing_mm"])
                 + " mm (tilt seeded per case) before corruption; shapeqc's threshold from the profile "
                 + str(result["threshold_profile"]) + "." if result.get("spacing_mm") else ""), "",
-             f"False-positive rate on the clean cases at the shipped Dice threshold "
-             f"({result['shipped_dice_threshold']:.4f}): {result['clean_fpr_at_shipped_threshold']:.3f} "
-             "(nominal 0.05).",
+             (f"False-positive rate on the clean cases at the shipped Dice threshold "
+              f"({result['shipped_dice_threshold']:.4f}): {result['clean_fpr_at_shipped_threshold']:.3f} "
+              "(nominal 0.05)." if result["shipped_dice_threshold"] is not None else
+              "The bundle had no calibrated thresholds when the run ended: the shipped-threshold figures are left "
+              "out; `--rescore` this run's qc_quality.json with `--thresholds-from BUNDLE` once it is calibrated."),
              "", "AUROC (detection rate at each method's own 5% false-positive threshold). Families marked * were "
              "used to train the prior. \"Dice or B\": shapeqc Dice and baseline B, each scaled on the clean cases "
              "(median 0, 95th percentile 1; a clean case on the other clean cases' scale), the larger taken.", "",
@@ -442,10 +451,13 @@ def markdown(result: dict) -> str:
              + " | shapeqc Dice at shipped threshold |",
              "|---|---|---|" + "---|" * len(METHODS) + "---|"]
 
+    def shipped_cell(rate: float | None, digits: int = 2) -> str:
+        return "-" if rate is None else f"{rate:.{digits}f}"
+
     def row(name: str, entry: dict) -> str:
         cells = [f"{entry[m]['auroc']:.3f} ({entry[m]['detection']:.2f})" for m in METHODS]
         return (f"| {name} | {entry['cases']} | {entry['volume_change']:.3f} | " + " | ".join(cells)
-                + f" | {entry['shapeqc_dice']['detection_shipped']:.2f} |")
+                + f" | {shipped_cell(entry['shapeqc_dice']['detection_shipped'])} |")
 
     for name, entry in result["families"].items():
         mark = "*" if entry["family"] in result["trained_families"] else ""
@@ -460,8 +472,8 @@ def markdown(result: dict) -> str:
     if other:
         lines += ["", f"Another rater's masks of the same held-out scans ({other['cases']} real, plausible but "
                   "different segmentations): false-positive rate at the shipped Dice threshold "
-                  f"{other['fpr_at_shipped_threshold']:.3f}; per method, false-positive rate at its 5% threshold "
-                  "(AUROC against the clean cases, 0.5 = indistinguishable):", "",
+                  f"{shipped_cell(other['fpr_at_shipped_threshold'], 3)}; per method, false-positive rate at its 5% "
+                  "threshold (AUROC against the clean cases, 0.5 = indistinguishable):", "",
                   "| " + " | ".join(short[m] for m in METHODS) + " |", "|" + "---|" * len(METHODS),
                   "| " + " | ".join(f"{other[m]['fpr']:.2f} ({other[m]['auroc_vs_clean']:.2f})" for m in METHODS)
                   + " |"]

@@ -12,6 +12,9 @@ and its seeded corruptions (``qc_quality.corrupted_cases``, same seeds, so the c
   input), as a fraction of the input's volume: a localized score, blind to scattered boundary flips;
 - ``dice_iterated``: Dice(input, reconstruction of the reconstruction): feeding the prior its own output once
   more, so a partial repair can grow.
+- ``dice_flip_mean``: Dice(input, mean occupancy of the input's reconstruction and of its mirror image's
+  reconstruction mirrored back > 0.5): test-time augmentation with the one flip the prior was trained on (first
+  grid axis), averaging out reconstruction noise that is not a property of the shape.
 
     python benchmarks/score_variants.py --bundle bundles/adrenal_gland --cases 20 --out DIR
 
@@ -28,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SCORES = ("dice", "soft_dice", "dice_p0.35", "largest_added_p0.35", "dice_iterated")
+SCORES = ("dice", "soft_dice", "dice_p0.35", "largest_added_p0.35", "dice_iterated", "dice_flip_mean")
 # scores that fall with a worse segmentation (the others grow)
-FALLING = {"dice", "soft_dice", "dice_p0.35", "dice_iterated"}
+FALLING = {"dice", "soft_dice", "dice_p0.35", "dice_iterated", "dice_flip_mean"}
 DEFAULT_FAMILIES = "plane_cut,dropped_slices,cube_remove,perlin_remove,erosion,swap"
 
 
@@ -67,6 +70,7 @@ def variant_scores(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> 
         "dice_p0.35": overlap(inside, probability > 0.35),
         "largest_added_p0.35": largest_component((probability > 0.35) & ~inside) / volume,
         "dice_iterated": overlap(inside, occupancy(reconstruction) > 0.5),
+        "dice_flip_mean": overlap(inside, (probability + occupancy(inside[::-1].copy())[::-1]) / 2.0 > 0.5),
     }
 
 

@@ -102,21 +102,29 @@ def test_swap_through_world_space_takes_donors_of_another_grid(masks):
 def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     """benchmarks/qc_quality.py end to end: 2 clean val masks, one family, baselines on 20 training masks."""
     import json
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    # the shipped bundle before its calibration: the scores and AUROCs must still be written (a run is 25 min)
+    uncalibrated = tmp_path / "uncalibrated" / "adrenal_gland"
+    shutil.copytree(root / "bundles" / "adrenal_gland", uncalibrated)
+    (uncalibrated / "configs" / "thresholds.json").unlink()
     result = subprocess.run([sys.executable, str(root / "benchmarks" / "qc_quality.py"), "--cases", "2",
+                             "--bundle", str(uncalibrated),
                              "--train-limit", "20", "--families", "plane_cut", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "qc_quality.md").read_text()
+    assert "no calibrated thresholds when the run ended" in table and "| - |" in table
     # plane_cut is one of the shipped bundle's training families (metadata training_corruptions): starred
     assert '| plane_cut* {"fraction": 0.1} | 2 | 0.100 |' in table
     assert "E rules" in table and "Quality estimation" in table
     scores = json.loads((tmp_path / "qc_quality.json").read_text())
     assert scores["clean_cases"] == 2 and scores["corrupted_cases"] == 4
+    assert scores["shipped_dice_threshold"] is None and scores["clean_fpr_at_shipped_threshold"] is None
     assert set(scores["families"]) == {'plane_cut {"fraction": 0.1}', 'plane_cut {"fraction": 0.3}'}
     assert len(scores["clean_scores"]) == 2 and len(scores["corrupted_scores"]) == 4
     assert {c["family"] for c in scores["corrupted_scores"]} == {"plane_cut"}
@@ -148,11 +156,23 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     relabelled = json.loads((tmp_path / "later" / "qc_quality.json").read_text())
     assert relabelled["shipped_dice_threshold"] == 1.5 and relabelled["clean_fpr_at_shipped_threshold"] == 1.0
-    assert scores["clean_fpr_at_shipped_threshold"] < 1.0
     assert {k: v["shapeqc_dice"]["auroc"] for k, v in relabelled["families"].items()} == {
         k: v["shapeqc_dice"]["auroc"] for k, v in scores["families"].items()}
     assert all(v["shapeqc_dice"]["detection_shipped"] == 1.0 for v in relabelled["families"].values())
     assert "--thresholds-from bundles/later_bundle" in relabelled["rescored"]
+    # the shipped bundle's own thresholds: the profile the analysis applies at 1 mm
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "qc_quality.py"), "--rescore",
+                             str(tmp_path / "qc_quality.json"), "--out", str(tmp_path / "shipped"),
+                             "--thresholds-from", str(root / "bundles" / "adrenal_gland")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shipped = json.loads((tmp_path / "shipped" / "qc_quality.json").read_text())
+    profiles = json.loads((root / "bundles" / "adrenal_gland" / "configs" / "thresholds.json").read_text())["profiles"]
+    as_given = next(p for p in profiles if p["spacing_mm"] is None)
+    assert shipped["shipped_dice_threshold"] == as_given["metrics"]["dice"]["threshold"]
+    assert shipped["clean_fpr_at_shipped_threshold"] < 1.0
+    assert "False-positive rate on the clean cases at the shipped Dice threshold" in (
+        tmp_path / "shipped" / "qc_quality.md").read_text()
 
 
 def _benchmark_module():
@@ -213,10 +233,14 @@ def test_a_tiny_score_variants_run_writes_its_table(tmp_path):
     scores = json.loads((tmp_path / "score_variants.json").read_text())
     assert scores["clean_cases"] == 2 and scores["corrupted_cases"] == 4
     for case in scores["clean_scores"] + [c["scores"] for c in scores["corrupted_scores"]]:
-        assert set(case) == {"dice", "soft_dice", "dice_p0.35", "largest_added_p0.35", "dice_iterated"}
-        assert all(0.0 <= case[k] <= 1.0 for k in ("dice", "soft_dice", "dice_p0.35", "dice_iterated"))
+        assert set(case) == {"dice", "soft_dice", "dice_p0.35", "largest_added_p0.35", "dice_iterated",
+                             "dice_flip_mean"}
+        assert all(0.0 <= case[k] <= 1.0 for k in ("dice", "soft_dice", "dice_p0.35", "dice_iterated",
+                                                    "dice_flip_mean"))
     # a clean mask is reproduced closely by every Dice-like score; a 30% plane cut is not, by Dice itself
     assert min(case["dice"] for case in scores["clean_scores"]) > 0.95
+    # the mirrored reconstruction is of the same gland (the prior trained on that flip): it agrees as closely
+    assert min(case["dice_flip_mean"] for case in scores["clean_scores"]) > 0.95
     cut = [c["scores"]["dice"] for c in scores["corrupted_scores"] if c["params"] == {"fraction": 0.3}]
     assert len(cut) == 2 and max(cut) < 1.0
     assert '| plane_cut {"fraction": 0.3} | 2 | 0.300 |' in (tmp_path / "score_variants.md").read_text()
