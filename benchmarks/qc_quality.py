@@ -254,14 +254,12 @@ def score_run(args) -> dict:
     # read now rather than at start: a calibration finishing while the scores were computed is the shipped one
     # the profile the analysis itself would pick for these masks (1 mm: the "as given" profile); a bundle not
     # calibrated yet still gets its scores and AUROCs written (the shipped columns: --rescore --thresholds-from)
-    profile = shipped_profile(args.bundle, spacing, required=False) or {"spacing_mm": None, "metrics": {
-        "dice": {"threshold": None}}}
+    shipped = shipped_fields(shipped_profile(args.bundle, spacing, required=False))
     command = (f"python benchmarks/qc_quality.py --bundle bundles/{args.bundle.name} --cases {args.cases} "
                f"--train-limit {args.train_limit} --out {display_path(args.out)} --families {args.families}"
                + (" --spacing " + " ".join(f"{v:g}" for v in spacing) if spacing else ""))
     return {"bundle": str(args.bundle.name), "command": command, "spacing_mm": list(spacing) if spacing else None,
-            "threshold_profile": profile.get("spacing_mm"), "trained_families": trained_families,
-            "train_masks": len(train), "shipped_dice_threshold": profile["metrics"]["dice"]["threshold"],
+            **shipped, "trained_families": trained_families, "train_masks": len(train),
             "seconds": round(time.perf_counter() - started, 1),
             # every score of every case, so other scores can be studied without re-running the reconstructions
             "clean_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(clean, clean_scores,
@@ -283,6 +281,13 @@ def shipped_profile(bundle_dir: Path, spacing: list[float] | None, required: boo
     if profile is None and required:
         raise SystemExit(f"{bundle_dir}: no configs/thresholds.json; calibrate the bundle first")
     return profile
+
+
+def shipped_fields(profile: dict | None) -> dict:
+    """The run's ``threshold_profile`` and ``shipped_dice_threshold`` from a :func:`shipped_profile` (both None
+    without one: the shipped-threshold figures are then left out)."""
+    return {"threshold_profile": profile.get("spacing_mm") if profile else None,
+            "shipped_dice_threshold": profile["metrics"]["dice"]["threshold"] if profile else None}
 
 
 def stored_scores(path: Path) -> dict:
@@ -412,9 +417,7 @@ def main() -> None:
         scored["rescored"] = (f"python benchmarks/qc_quality.py --rescore {display_path(args.rescore)} "
                               f"--out {display_path(args.out)}")
         if args.thresholds_from:
-            profile = shipped_profile(args.thresholds_from, scored["spacing_mm"])
-            scored["shipped_dice_threshold"] = profile["metrics"]["dice"]["threshold"]
-            scored["threshold_profile"] = profile.get("spacing_mm")
+            scored.update(shipped_fields(shipped_profile(args.thresholds_from, scored["spacing_mm"])))
             scored["rescored"] += f" --thresholds-from bundles/{args.thresholds_from.name}"
     else:
         scored = score_run(args)
