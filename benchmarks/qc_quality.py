@@ -1,8 +1,10 @@
 """How good is the detection? shapeqc against simpler QC scores on real masks and seeded corruptions of them.
 
 Clean cases: real masks the bundle never trained on (the AdrenalMNIST3D val split by default). Corrupted cases:
-every family of ``shapeqc.qc_corruptions`` at each severity, plus a swap (another val subject's gland in place),
-seeded per case, family and severity (re-running gives the same cases). Scores, all on the same cases:
+every family of ``shapeqc.qc_corruptions`` at each severity, plus two swaps: ``swap``, another val subject's gland in
+place, and ``swap_organ``, another organ's real shape (the val masks of ``--swap-organ-from``, by default the
+hippocampus bundle's) scaled to the organ's volume and put in its place; seeded per case, family and severity
+(re-running gives the same cases). Scores, all on the same cases:
 shapeqc's four metrics (input vs reconstruction) and baselines A-E (``shapeqc.qc_baselines``, fitted on the
 training split). Per family and severity: AUROC against the clean cases and the detection rate at each
 method's threshold set at 5% false positives on the clean cases (for shapeqc Dice also at the bundle's shipped
@@ -10,7 +12,7 @@ threshold). Quality estimation (the nnQC protocol): how well Dice(input, reconst
 Dice(input, clean mask) over all corrupted cases.
 
     python benchmarks/qc_quality.py [--cases 30] [--families plane_cut,hole] [--out benchmarks/results]
-                                    [--spacing 0.8 0.8 2.5]
+                                    [--spacing 0.8 0.8 2.5] [--swap-organ-from bundles/hippocampus]
 
 With ``--spacing``, every mask (clean, donor, baselines' training set) is first re-sliced as a CT acquisition at
 that voxel size with a tilt seeded by its case id (``shapeqc.calibration.acquisition``, the calibration's CT
@@ -42,6 +44,7 @@ SHAPEQC = {"shapeqc_dice": "dice", "shapeqc_asd": "asd_mm", "shapeqc_hd95": "hd9
 # and the larger taken: flagged when either part is past its 5% cut. Fixed before looking at corrupted cases.
 COMBINED = {"shapeqc_dice_or_B": ("shapeqc_dice", "B_descriptors")}
 METHODS = (*SCORED, *COMBINED)
+SWAPS = ("swap", "swap_organ")  # families made from other masks, not by a generator of shapeqc.qc_corruptions
 
 
 def crop_with_margin(mask: np.ndarray, affine: np.ndarray, margin: int = 12,
@@ -88,17 +91,17 @@ def canonical(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> np.nd
                                       "organ": organ})["mask"])[0] > 0.5
 
 
-def corrupted_cases(clean, families: list[str], swaps: list[np.ndarray]) -> list[dict]:
-    """Every family's seeded corruptions of every clean case; ``swaps[i]``: the swap family's mask for case i, in
-    its grid (:func:`swaps_in_place`, :func:`swaps_on_acquisition_grids`)."""
+def corrupted_cases(clean, families: list[str], swaps: dict[str, list[np.ndarray]]) -> list[dict]:
+    """Every family's seeded corruptions of every clean case; ``swaps[family][i]``: that swap family's mask for case
+    i, in its grid (:func:`swaps_in_place`, :func:`organ_swaps_in_place`, :func:`on_acquisition_grids`)."""
     from shapeqc import qc_corruptions as qc
     from transforms.corruption import stable_seed
 
     cases = []
     for index, (case_id, mask, affine, organ) in enumerate(clean):
         for family in families:
-            if family == "swap":
-                variants = [("swap", {}, swaps[index])]
+            if family in SWAPS:
+                variants = [(family, {}, swaps[family][index])]
             else:
                 generate, severities = qc.FAMILIES[family]
                 variants = []
@@ -137,15 +140,33 @@ def swaps_in_place(clean) -> list[np.ndarray]:
     return swaps
 
 
-def swaps_on_acquisition_grids(clean_as_given, clean_acquired) -> list[np.ndarray]:
-    """The swap for the ``--spacing`` benchmark: the donor put in place on the 1 mm grids, then re-sliced onto the
-    case's acquisition grid the way its clean mask was (trilinear, 0.5). Swapping two re-sliced masks with each
-    other would resample one acquisition onto another, a staircase no real segmentation has."""
+def organ_swaps_in_place(clean, donors) -> list[np.ndarray]:
+    """Each clean case's organ replaced by another organ's real shape: ``donors[i % len(donors)]`` (as
+    :func:`load_masks` returns them), scaled about its centroid to the case's volume in mm^3 and centred on it, so
+    that only the shape differs."""
+    from shapeqc import qc_corruptions as qc
+
+    return [qc.swapped(mask, 0, donors[index % len(donors)][1], affine, donors[index % len(donors)][2],
+                       match_volume=True) for index, (_, mask, affine, _) in enumerate(clean)]
+
+
+def organ_swap_source(bundle_dir: Path) -> Path:
+    """The bundle whose val masks are the other organ of ``swap_organ``: the hippocampus bundle (real 1 mm masks
+    of about an adrenal gland's volume), the adrenal bundle for the hippocampus bundle itself."""
+    other = "adrenal_gland" if Path(bundle_dir).name == "hippocampus" else "hippocampus"
+    return ROOT / "bundles" / other
+
+
+def on_acquisition_grids(placed, clean_as_given, clean_acquired) -> list[np.ndarray]:
+    """A swap for the ``--spacing`` benchmark: ``placed[i]``, the donor put in place on case i's 1 mm grid
+    (:func:`swaps_in_place`, :func:`organ_swaps_in_place` of ``clean_as_given``), re-sliced onto the case's
+    acquisition grid the way its clean mask was (trilinear, 0.5). Swapping two re-sliced masks with each other
+    would resample one acquisition onto another, a staircase no real segmentation has."""
     from transforms.canonical_grid import resample_trilinear
 
     swaps = []
     for swapped, (_, _, affine, _), (_, mask, acquired_affine, _) in zip(
-            swaps_in_place(clean_as_given), clean_as_given, clean_acquired, strict=True):
+            placed, clean_as_given, clean_acquired, strict=True):
         to_as_given = np.linalg.inv(affine) @ acquired_affine
         swaps.append(resample_trilinear(swapped.astype(np.float32), to_as_given, mask.shape) >= 0.5)
     return swaps
@@ -227,7 +248,7 @@ def score_run(args) -> dict:
 
     spacing = tuple(args.spacing) if args.spacing else None
     started = time.perf_counter()
-    families = [*FAMILIES, "swap"] if args.families == "all" else args.families.split(",")
+    families = [*FAMILIES, *SWAPS] if args.families == "all" else args.families.split(",")
 
     bundle = load_bundle(args.bundle)
     trained_families = list(bundle.metadata.get("training_corruptions", TRAINED_FAMILIES))
@@ -241,8 +262,17 @@ def score_run(args) -> dict:
                  "E": ScreeningRules().fit(volumes)}
     val_items = bundle_datalist(args.bundle, args.data, "validate#datalist")
     clean = load_masks(val_items, args.cases, spacing)
-    swaps = (swaps_on_acquisition_grids(load_masks(val_items, args.cases), clean) if spacing
-             else swaps_in_place(clean)) if "swap" in families else None
+    # swaps are put in place on the masks as given (1 mm), then acquired like the clean mask
+    as_given = load_masks(val_items, args.cases) if spacing else clean
+    swap_organ_from = Path(args.swap_organ_from or organ_swap_source(args.bundle))
+    placed = {}
+    if "swap" in families:
+        placed["swap"] = swaps_in_place(as_given)
+    if "swap_organ" in families:
+        donors = load_masks(bundle_datalist(swap_organ_from, args.data, "validate#datalist"), None)
+        placed["swap_organ"] = organ_swaps_in_place(as_given, donors)
+    swaps = {family: on_acquisition_grids(masks, as_given, clean) if spacing else masks
+             for family, masks in placed.items()}
     cases = corrupted_cases(clean, families, swaps)
     clean_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in clean]
     for case in cases:
@@ -257,9 +287,11 @@ def score_run(args) -> dict:
     shipped = shipped_fields(shipped_profile(args.bundle, spacing, required=False))
     command = (f"python benchmarks/qc_quality.py --bundle bundles/{args.bundle.name} --cases {args.cases} "
                f"--train-limit {args.train_limit} --out {display_path(args.out)} --families {args.families}"
-               + (" --spacing " + " ".join(f"{v:g}" for v in spacing) if spacing else ""))
+               + (" --spacing " + " ".join(f"{v:g}" for v in spacing) if spacing else "")
+               + (f" --swap-organ-from {display_path(args.swap_organ_from)}" if args.swap_organ_from else ""))
     return {"bundle": str(args.bundle.name), "command": command, "spacing_mm": list(spacing) if spacing else None,
-            **shipped, "trained_families": trained_families, "train_masks": len(train),
+            "swap_organ_from": swap_organ_from.name if "swap_organ" in families else None, **shipped,
+            "trained_families": trained_families, "train_masks": len(train),
             "seconds": round(time.perf_counter() - started, 1),
             # every score of every case, so other scores can be studied without re-running the reconstructions
             "clean_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(clean, clean_scores,
@@ -284,10 +316,25 @@ def shipped_profile(bundle_dir: Path, spacing: list[float] | None, required: boo
 
 
 def shipped_fields(profile: dict | None) -> dict:
-    """The run's ``threshold_profile`` and ``shipped_dice_threshold`` from a :func:`shipped_profile` (both None
-    without one: the shipped-threshold figures are then left out)."""
+    """The run's ``threshold_profile``, ``shipped_dice_threshold`` and the calibration's own figures for it (its
+    clean cases and the leave-one-out false-positive rate of its Dice threshold) from a :func:`shipped_profile`
+    (None without one, or for a calibration written before it recorded them: those figures are then left out)."""
+    dice = profile["metrics"]["dice"] if profile else {}
     return {"threshold_profile": profile.get("spacing_mm") if profile else None,
-            "shipped_dice_threshold": profile["metrics"]["dice"]["threshold"] if profile else None}
+            "shipped_dice_threshold": dice.get("threshold"),
+            "calibration_clean_cases": profile.get("clean_cases") if profile else None,
+            "calibration_leave_one_out_fpr": dice.get("leave_one_out_fpr")}
+
+
+def wilson_interval(flagged: int, cases: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a rate ``flagged / cases``: how far a false-positive rate measured on this many
+    clean cases can sit from the true one."""
+    if cases == 0:
+        return 0.0, 1.0
+    rate = flagged / cases
+    centre = (rate + z * z / (2 * cases)) / (1 + z * z / cases)
+    half = z * np.sqrt(rate * (1 - rate) / cases + z * z / (4 * cases * cases)) / (1 + z * z / cases)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def stored_scores(path: Path) -> dict:
@@ -298,11 +345,14 @@ def stored_scores(path: Path) -> dict:
         raise SystemExit(f"{path}: written without every case's scores; run the benchmark again instead")
     stored.setdefault("spacing_mm", None)
     stored.setdefault("threshold_profile", None)
+    stored.setdefault("swap_organ_from", None)
+    stored.setdefault("calibration_clean_cases", None)
+    stored.setdefault("calibration_leave_one_out_fpr", None)
     if "command" not in stored:
         from shapeqc.qc_corruptions import FAMILIES
 
         families = sorted({c["family"] for c in stored["corrupted_scores"]})
-        every = families == sorted([*FAMILIES, "swap"])
+        every = families == sorted([*FAMILIES, "swap"]) or families == sorted([*FAMILIES, *SWAPS])
         spacing = stored.get("spacing_mm")
         stored["command"] = (f"python benchmarks/qc_quality.py --bundle bundles/{stored['bundle']} "
                              f"--cases {stored['clean_cases']} --train-limit {stored['train_masks']} "
@@ -357,10 +407,13 @@ def tabulate(scored: dict) -> dict:
     # the issue's headline: per family and severity with a median change of at least 10%, AUROC averaged with
     # equal weight per row (the pooled row above weights families by their case counts)
     moderate_rows = [name for name, entry in table.items() if entry["volume_change"] >= 0.10]
-    family_mean = {}
-    if moderate_rows:
-        family_mean = {"rows": moderate_rows, **{m: float(np.mean([table[r][m]["auroc"] for r in moderate_rows]))
-                                                 for m in METHODS}}
+    def mean_over(rows: list[str]) -> dict:
+        return {"rows": rows, **{m: float(np.mean([table[r][m]["auroc"] for r in rows])) for m in METHODS}}
+
+    family_mean = mean_over(moderate_rows) if moderate_rows else {}
+    # the same mean over the rows of runs before the organ swap was added, so that figures stay comparable
+    earlier_rows = [r for r in moderate_rows if table[r]["family"] != "swap_organ"]
+    family_mean_earlier = mean_over(earlier_rows) if earlier_rows and earlier_rows != moderate_rows else {}
     predicted = np.array([c["scores"]["shapeqc_dice"] for c in cases], float)
     true = np.array([c["true_dice"] for c in cases], float)
     judged = np.isfinite(predicted)
@@ -387,7 +440,12 @@ def tabulate(scored: dict) -> dict:
         "clean_cases": len(clean_scores), "corrupted_cases": len(cases), "plausible_set": other,
         "trained_families": scored["trained_families"], "train_masks": scored["train_masks"],
         "shipped_dice_threshold": shipped, "clean_fpr_at_shipped_threshold": clean_fpr_shipped,
+        "clean_fpr_interval_95": (None if clean_fpr_shipped is None else wilson_interval(
+            round(clean_fpr_shipped * len(clean_scores)), len(clean_scores))),
+        **{key: scored[key] for key in ("calibration_clean_cases", "calibration_leave_one_out_fpr",
+                                        "swap_organ_from")},
         "families": table, "overall": overall, "family_mean_moderate": family_mean,
+        "family_mean_moderate_without_organ_swap": family_mean_earlier,
         "quality_estimation": estimation, "seconds": scored["seconds"],
         **{key: scored[key] for key in ("clean_scores", "corrupted_scores", "plausible_scores", "rescored")
            if key in scored}}
@@ -399,7 +457,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--cases", type=int, default=30, help="clean val cases")
     parser.add_argument("--train-limit", type=int, default=400, help="training masks fitting the baselines")
-    parser.add_argument("--families", default="all", help="comma-separated families, or all (incl. swap)")
+    parser.add_argument("--families", default="all", help="comma-separated families, or all (incl. the swaps)")
+    parser.add_argument("--swap-organ-from", type=Path, default=None, metavar="BUNDLE",
+                        help="bundle whose val masks are the other organ of swap_organ (default: hippocampus; "
+                             "adrenal_gland for the hippocampus bundle)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
                         help="re-slice every mask as a CT acquisition at this voxel size (mm) first")
@@ -444,7 +505,7 @@ def markdown(result: dict) -> str:
                 + str(result["threshold_profile"]) + "." if result.get("spacing_mm") else ""), "",
              (f"False-positive rate on the clean cases at the shipped Dice threshold "
               f"({result['shipped_dice_threshold']:.4f}): {result['clean_fpr_at_shipped_threshold']:.3f} "
-              "(nominal 0.05)." if result["shipped_dice_threshold"] is not None else
+              "(nominal 0.05)" + fpr_context(result) + "." if result["shipped_dice_threshold"] is not None else
               "The bundle had no calibrated thresholds when the run ended: the shipped-threshold figures are left "
               "out; `--rescore` this run's qc_quality.json with `--thresholds-from BUNDLE` once it is calibrated."),
              "", "AUROC (detection rate at each method's own 5% false-positive threshold). Families marked * were "
@@ -471,6 +532,14 @@ def markdown(result: dict) -> str:
     if family_mean:
         lines += ["", f"**Mean AUROC over the {len(family_mean['rows'])} family rows with a median change >= 10%** "
                   "(equal weight per row): " + ", ".join(f"{short[m]} {family_mean[m]:.3f}" for m in METHODS) + "."]
+    earlier = result.get("family_mean_moderate_without_organ_swap")
+    if earlier:
+        lines += ["", f"The same mean without the organ swap row ({len(earlier['rows'])} rows, as in runs before it "
+                  "was added): " + ", ".join(f"{short[m]} {earlier[m]:.3f}" for m in METHODS) + "."]
+    if result.get("swap_organ_from"):
+        lines += ["", f"swap_organ: another organ's real shape (the `{result['swap_organ_from']}` bundle's val masks, "
+                  "one per case in turn) scaled to the organ's volume and centred on it; swap: another val subject's "
+                  "gland, centred on it."]
     other = result.get("plausible_set")
     if other:
         lines += ["", f"Another rater's masks of the same held-out scans ({other['cases']} real, plausible but "
@@ -489,6 +558,21 @@ def markdown(result: dict) -> str:
                   + (f", AUROC for true Dice < 0.8: {estimation['auroc_true_dice_below_0.8']:.3f}"
                      if "auroc_true_dice_below_0.8" in estimation else "") + "."]
     return "\n".join(lines) + "\n"
+
+
+def fpr_context(result: dict) -> str:
+    """The clean false-positive rate's 95% interval on this run's clean cases, and the calibration's leave-one-out
+    rate (the figure for new clean organs) where the bundle's thresholds record it."""
+    interval = result.get("clean_fpr_interval_95")
+    text = (f"; 95% interval on {result['clean_cases']} cases {interval[0]:.3f}-{interval[1]:.3f}" if interval else "")
+    loo = result.get("calibration_leave_one_out_fpr")
+    if loo is not None:
+        cases = result["calibration_clean_cases"]
+        low, high = wilson_interval(round(loo * cases), cases)
+        text += (f". These cases are among the {cases} the threshold was calibrated on; each of those {cases} judged "
+                 f"against the threshold set on the other {cases - 1} (leave one out, the rate a new clean organ "
+                 f"meets): {loo:.3f}, 95% interval {low:.3f}-{high:.3f}")
+    return text
 
 
 def display_path(path: Path) -> str:

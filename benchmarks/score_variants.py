@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     bundle = load_bundle(args.bundle)
     clean = load_masks(bundle_datalist(args.bundle, args.data, "validate#datalist"), args.cases)
-    cases = corrupted_cases(clean, args.families.split(","), swaps_in_place(clean))
+    cases = corrupted_cases(clean, args.families.split(","), {"swap": swaps_in_place(clean)})
     clean_scores = [variant_scores(bundle, m, a, o) for _, m, a, o in clean]
     for case in cases:
         case["scores"] = variant_scores(bundle, case["mask"], case["affine"], case["organ"])

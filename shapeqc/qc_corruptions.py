@@ -139,14 +139,27 @@ def hole(mask: np.ndarray, seed: int, fraction: float = 0.1) -> np.ndarray:
 
 
 def swapped(mask: np.ndarray, seed: int, donor: np.ndarray, affine: np.ndarray | None = None,
-            donor_affine: np.ndarray | None = None) -> np.ndarray:
+            donor_affine: np.ndarray | None = None, match_volume: bool = False) -> np.ndarray:
     """Another subject's organ in its place, centroid on the organ's centroid, in ``mask``'s voxel grid.
 
     Without affines ``donor`` shares the grid of ``mask``; with them (``(4, 4)`` voxel -> mm each) the donor is
     carried through world space (nearest neighbour), so donors from scans of other spacing fit.
+    ``match_volume``: the donor is first scaled about its centroid (the same factor on every axis) to the organ's
+    volume in mm^3, so that only its shape differs: another organ's shape in place, which a volume check cannot
+    catch. Nearest neighbour keeps the volume within a few percent of the organ's.
     """
     del seed
     mask, donor = np.asarray(mask, bool), np.asarray(donor, bool)
+    if match_volume:
+        affine = np.eye(4) if affine is None else np.asarray(affine, float)
+        donor_affine = np.eye(4) if donor_affine is None else np.asarray(donor_affine, float)
+        scale = (mask.sum() * abs(np.linalg.det(affine[:3, :3]))
+                 / (donor.sum() * abs(np.linalg.det(donor_affine[:3, :3])))) ** (1.0 / 3.0)
+        centre_mm = donor_affine[:3, :3] @ np.argwhere(donor).mean(axis=0) + donor_affine[:3, 3]
+        about_centre = np.eye(4)
+        about_centre[:3, :3] *= scale
+        about_centre[:3, 3] = centre_mm * (1.0 - scale)
+        donor_affine = about_centre @ donor_affine
     if affine is not None and donor_affine is not None:
         # recipient index -> mm -> donor mm (centroids made to coincide) -> donor index
         shift_mm = (donor_affine[:3, :3] @ np.argwhere(donor).mean(axis=0) + donor_affine[:3, 3]) - (

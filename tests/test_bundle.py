@@ -15,6 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from shapeqc.bundle_metadata import check_bundle_metadata, metadata_problems
+from shapeqc.calibration import leave_one_out_fpr
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adrenal_gland"
 TINY = ["--grid_size", "32", "--channels", "[4,8,8]", "--hidden", "16", "--num_points", "256", "--num_workers", "0"]
@@ -164,6 +165,9 @@ def test_evaluating_and_inference_configs_run_on_the_trained_copy(trained_copy, 
     assert all(p["clean_cases"] == 2 and 0.0 <= p["metrics"]["dice"]["threshold"] <= 1.0 for p in profiles)
     report = json.loads((root / "docs" / "calibration_as_given.json").read_text())
     assert set(report["families"]) == {"perlin_add", "perlin_remove", "cube"}
+    # the rate a clean case outside the calibration meets is recorded with the threshold, from the same scores
+    assert profiles[0]["metrics"]["dice"]["leave_one_out_fpr"] == leave_one_out_fpr(
+        [s["dice"] for s in report["clean_scores"]], 0.05, "below")
     assert (root / "docs" / "calibration_roc_0.8x0.8x2.5.png").stat().st_size > 10_000
 
     segmentation = adrenal_npz.parents[1] / "totalsegmentator_example" / "v2_multilabel_seg.nii.gz"

@@ -32,6 +32,8 @@ def test_shipped_bundle_is_trained_calibrated_and_consistent(name):
         assert metadata["canonical_grid"][key] == config[key], key
     thresholds = json.loads((bundle / "configs" / "thresholds.json").read_text())
     assert thresholds["profiles"][0]["metrics"]["dice"]["enabled"] is True
+    # thresholds hold for the weights they were calibrated on: a new version ships with its own calibration
+    assert {profile["bundle_version"] for profile in thresholds["profiles"]} == {metadata["version"]}
     assert (bundle / "docs" / "README.md").read_text().count("qc_quality.py --bundle bundles/" + name) >= 1
     assert (bundle / "LICENSE").exists()
     # the benchmark reports trained and unseen families apart from this list: it must match the training config

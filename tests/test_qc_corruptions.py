@@ -99,6 +99,21 @@ def test_swap_through_world_space_takes_donors_of_another_grid(masks):
     assert np.abs(np.argwhere(out).mean(0) - np.argwhere(masks[0]).mean(0)).max() <= 1.0
 
 
+@pytest.mark.parametrize("donor_voxel_mm", [1.0, 2.0, 0.5])
+def test_swap_matching_volume_keeps_only_the_donor_shape(donor_voxel_mm, masks):
+    """Another organ's shape in place: the donor, stored at any voxel size, lands at the organ's volume in mm^3."""
+    mask, donor = masks[0], masks[2]
+    donor_affine = np.diag([donor_voxel_mm] * 3 + [1.0])
+    out = qc.swapped(mask, 0, donor, np.eye(4), donor_affine, match_volume=True)
+    assert out.sum() == pytest.approx(mask.sum(), rel=0.05)
+    assert np.abs(np.argwhere(out).mean(0) - np.argwhere(mask).mean(0)).max() <= 1.0
+    # the shape is the donor's, scaled: at the donor's own scale it matches the plain swap of the donor scaled
+    scale = (mask.sum() / (donor.sum() * donor_voxel_mm ** 3)) ** (1 / 3)
+    scaled_affine = np.diag([donor_voxel_mm * scale] * 3 + [1.0])
+    plain = qc.swapped(mask, 0, donor, np.eye(4), scaled_affine)
+    assert (out != plain).sum() <= 0.02 * mask.sum()
+
+
 def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     """benchmarks/qc_quality.py end to end: 2 clean val masks, one family, baselines on 20 training masks."""
     import json
@@ -114,7 +129,7 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     (uncalibrated / "configs" / "thresholds.json").unlink()
     result = subprocess.run([sys.executable, str(root / "benchmarks" / "qc_quality.py"), "--cases", "2",
                              "--bundle", str(uncalibrated),
-                             "--train-limit", "20", "--families", "plane_cut", "--out", str(tmp_path)],
+                             "--train-limit", "20", "--families", "plane_cut,swap_organ", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "qc_quality.md").read_text()
@@ -123,16 +138,23 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     assert '| plane_cut* {"fraction": 0.1} | 2 | 0.100 |' in table
     assert "E rules" in table and "Quality estimation" in table
     scores = json.loads((tmp_path / "qc_quality.json").read_text())
-    assert scores["clean_cases"] == 2 and scores["corrupted_cases"] == 4
+    assert scores["clean_cases"] == 2 and scores["corrupted_cases"] == 6
     assert scores["shipped_dice_threshold"] is None and scores["clean_fpr_at_shipped_threshold"] is None
-    assert set(scores["families"]) == {'plane_cut {"fraction": 0.1}', 'plane_cut {"fraction": 0.3}'}
-    assert len(scores["clean_scores"]) == 2 and len(scores["corrupted_scores"]) == 4
-    assert {c["family"] for c in scores["corrupted_scores"]} == {"plane_cut"}
-    # both rows change >= 10% of the organ, so the family mean is the plain mean of their AUROCs
+    assert set(scores["families"]) == {'plane_cut {"fraction": 0.1}', 'plane_cut {"fraction": 0.3}', "swap_organ {}"}
+    assert len(scores["clean_scores"]) == 2 and len(scores["corrupted_scores"]) == 6
+    assert [c["family"] for c in scores["corrupted_scores"]] == ["plane_cut", "plane_cut", "swap_organ"] * 2
+    # the organ swap: a hippocampus (the default other organ) at the gland's volume: most voxels differ
+    assert scores["swap_organ_from"] == "hippocampus" and "`hippocampus` bundle's val masks" in table
+    organ_swaps = [c for c in scores["corrupted_scores"] if c["family"] == "swap_organ"]
+    assert all(c["volume_change"] > 1.0 and c["true_dice"] < 0.5 for c in organ_swaps)
+    # every row changes >= 10% of the organ, so the family mean is the plain mean of their AUROCs; without the
+    # organ swap (the rows of earlier runs), the mean of the plane cut rows
     assert scores["family_mean_moderate"]["rows"] == sorted(scores["families"])
     assert scores["family_mean_moderate"]["shapeqc_dice"] == pytest.approx(
         np.mean([row["shapeqc_dice"]["auroc"] for row in scores["families"].values()]))
-    assert "Mean AUROC over the 2 family rows" in table
+    assert scores["family_mean_moderate_without_organ_swap"]["shapeqc_dice"] == pytest.approx(
+        np.mean([row["shapeqc_dice"]["auroc"] for row in scores["families"].values() if row["family"] == "plane_cut"]))
+    assert "Mean AUROC over the 3 family rows" in table and "without the organ swap row (2 rows" in table
     assert (tmp_path / "qc_quality_roc.png").stat().st_size > 10_000
     assert all("shapeqc_dice_or_B" in c["scores"] for c in scores["clean_scores"] + scores["corrupted_scores"])
     assert "Dice or B" in table
@@ -171,8 +193,15 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     as_given = next(p for p in profiles if p["spacing_mm"] is None)
     assert shipped["shipped_dice_threshold"] == as_given["metrics"]["dice"]["threshold"]
     assert shipped["clean_fpr_at_shipped_threshold"] < 1.0
-    assert "False-positive rate on the clean cases at the shipped Dice threshold" in (
-        tmp_path / "shipped" / "qc_quality.md").read_text()
+    low, high = shipped["clean_fpr_interval_95"]
+    assert low <= shipped["clean_fpr_at_shipped_threshold"] <= high
+    # the calibration's leave-one-out rate, the figure for new clean glands, quoted from the shipped profile
+    assert shipped["calibration_leave_one_out_fpr"] == as_given["metrics"]["dice"]["leave_one_out_fpr"]
+    assert shipped["calibration_clean_cases"] == as_given["clean_cases"]
+    shipped_table = (tmp_path / "shipped" / "qc_quality.md").read_text()
+    assert "False-positive rate on the clean cases at the shipped Dice threshold" in shipped_table
+    loo = as_given["metrics"]["dice"]["leave_one_out_fpr"]
+    assert f"(leave one out, the rate a new clean organ meets): {loo:.3f}" in shipped_table
 
 
 def _benchmark_module():
@@ -298,16 +327,23 @@ def test_a_ct_profile_swap_is_re_sliced_like_the_clean_mask(adrenal_npz):
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "benchmarks"))
-    from qc_quality import load_masks, swaps_on_acquisition_grids
+    from qc_quality import load_masks, on_acquisition_grids, organ_swaps_in_place, swaps_in_place
 
     from shapeqc.bundles import bundle_datalist
 
     items = bundle_datalist(root / "bundles" / "adrenal_gland", str(adrenal_npz.parents[1]), "validate#datalist")[:2]
     as_given, acquired = load_masks(items, None), load_masks(items, None, (0.8, 0.8, 2.5))
-    alone = swaps_on_acquisition_grids(as_given[:1], acquired[:1])[0]
+    alone = on_acquisition_grids(swaps_in_place(as_given[:1]), as_given[:1], acquired[:1])[0]
     np.testing.assert_array_equal(alone, acquired[0][1])
-    pair = swaps_on_acquisition_grids(as_given, acquired)
+    pair = on_acquisition_grids(swaps_in_place(as_given), as_given, acquired)
     for index, swap in enumerate(pair):
         donor_volume_mm3 = as_given[1 - index][1].sum() * abs(np.linalg.det(as_given[1 - index][2][:3, :3]))
         assert swap.shape == acquired[index][1].shape
         assert abs(swap.sum() * 0.8 * 0.8 * 2.5 - donor_volume_mm3) < 0.15 * donor_volume_mm3
+    # the organ swap the same way: a hippocampus at each gland's volume, acquired on the gland's grid
+    donors = load_masks(bundle_datalist(root / "bundles" / "hippocampus", str(adrenal_npz.parents[1]),
+                                        "validate#datalist")[:1], None)
+    organ_swaps = on_acquisition_grids(organ_swaps_in_place(as_given, donors), as_given, acquired)
+    for (_, clean, affine, _), swap in zip(as_given, organ_swaps, strict=True):
+        gland_volume_mm3 = clean.sum() * abs(np.linalg.det(affine[:3, :3]))
+        assert abs(swap.sum() * 0.8 * 0.8 * 2.5 - gland_volume_mm3) < 0.15 * gland_volume_mm3

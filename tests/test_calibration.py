@@ -1,0 +1,32 @@
+"""The calibration's threshold rule and the false-positive rate it is quoted with, on exact small examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shapeqc.calibration import leave_one_out_fpr, threshold_at
+
+
+@pytest.mark.parametrize("worse_when, values, expected", [
+    ("below", np.arange(1.0, 21.0), 1.95),  # 5% quantile of 1..20: between the two lowest
+    ("above", np.arange(1.0, 21.0), 19.05),
+    ("below", [0.9, 0.8], 0.805),
+])
+def test_threshold_is_the_target_quantile_on_the_bad_side(worse_when, values, expected):
+    assert threshold_at(values, 0.05, worse_when) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("worse_when, sign", [("below", 1.0), ("above", -1.0)])
+def test_leave_one_out_rate_is_what_a_case_outside_the_calibration_meets(worse_when, sign):
+    values = sign * np.arange(1.0, 21.0)  # 20 clean cases, the worst first (lowest Dice or largest distance)
+    bad = (lambda v, t: v < t) if worse_when == "below" else (lambda v, t: v > t)
+    # on the cases the threshold was set on: exactly one of 20 is flagged, the target by construction
+    assert np.mean(bad(values, threshold_at(values, 0.05, worse_when))) == 0.05
+    # left out, the worst (vs 2.9) and the second worst (vs 2.8, between the worst and the third) are flagged;
+    # the third (vs 1.9) is not: twice the target, the optimism of judging cases the threshold was set on
+    assert leave_one_out_fpr(values, 0.05, worse_when) == 0.10
+
+
+def test_leave_one_out_rate_of_identical_scores_is_zero():
+    assert leave_one_out_fpr([0.95] * 10, 0.05, "below") == 0.0
