@@ -1,7 +1,7 @@
 """How good is the detection? shapeqc against simpler QC scores on real masks and seeded corruptions of them.
 
 Clean cases: real masks the bundle never trained on (the AdrenalMNIST3D val split by default). Corrupted cases:
-every family of ``shapeqc.qc_corruptions`` at each severity, plus two swaps: ``swap``, another val subject's gland in
+every family of ``shapeqc.qc_corruptions`` at each severity, plus two swaps: ``swap``, another val subject's organ in
 place, and ``swap_organ``, another organ's real shape (the val masks of ``--swap-organ-from``, by default the
 hippocampus bundle's) scaled to the organ's volume and put in its place; seeded per case, family and severity
 (re-running gives the same cases). Scores, all on the same cases:
@@ -539,7 +539,7 @@ def markdown(result: dict) -> str:
     if result.get("swap_organ_from"):
         lines += ["", f"swap_organ: another organ's real shape (the `{result['swap_organ_from']}` bundle's val masks, "
                   "one per case in turn) scaled to the organ's volume and centred on it; swap: another val subject's "
-                  "gland, centred on it."]
+                  "organ, centred on it."]
     other = result.get("plausible_set")
     if other:
         lines += ["", f"Another rater's masks of the same held-out scans ({other['cases']} real, plausible but "
