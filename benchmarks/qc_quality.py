@@ -101,6 +101,9 @@ def corrupted_cases(clean, families: list[str], swaps: dict[str, list[np.ndarray
     for index, (case_id, mask, affine, organ) in enumerate(clean):
         for family in families:
             if family in SWAPS:
+                if family not in swaps:
+                    raise ValueError(f"family {family!r} needs its masks put in place first ({SWAPS}: "
+                                     "swaps_in_place, organ_swaps_in_place)")
                 variants = [(family, {}, swaps[family][index])]
             else:
                 generate, severities = qc.FAMILIES[family]

@@ -347,3 +347,12 @@ def test_a_ct_profile_swap_is_re_sliced_like_the_clean_mask(adrenal_npz):
     for (_, clean, affine, _), swap in zip(as_given, organ_swaps, strict=True):
         gland_volume_mm3 = clean.sum() * abs(np.linalg.det(affine[:3, :3]))
         assert abs(swap.sum() * 0.8 * 0.8 * 2.5 - gland_volume_mm3) < 0.15 * gland_volume_mm3
+
+
+def test_a_swap_family_without_its_masks_in_place_is_refused_by_name(masks):
+    qc_quality = _benchmark_module()
+    clean = [("case_0", masks[0], np.eye(4), "")]
+    with pytest.raises(ValueError, match="'swap_organ' needs its masks put in place"):
+        qc_quality.corrupted_cases(clean, ["hole", "swap_organ"], {"swap": [masks[1]]})
+    cases = qc_quality.corrupted_cases(clean, ["swap"], {"swap": [masks[1]]})
+    assert len(cases) == 1 and np.array_equal(cases[0]["mask"], masks[1]) and cases[0]["family"] == "swap"
