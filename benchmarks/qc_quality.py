@@ -355,7 +355,7 @@ def stored_scores(path: Path) -> dict:
         from shapeqc.qc_corruptions import FAMILIES
 
         families = sorted({c["family"] for c in stored["corrupted_scores"]})
-        every = families == sorted([*FAMILIES, "swap"]) or families == sorted([*FAMILIES, *SWAPS])
+        every = families == sorted([*FAMILIES, "swap"])  # files without a command predate swap_organ
         spacing = stored.get("spacing_mm")
         stored["command"] = (f"python benchmarks/qc_quality.py --bundle bundles/{stored['bundle']} "
                              f"--cases {stored['clean_cases']} --train-limit {stored['train_masks']} "
