@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transforms.volume_io import LPS_TO_RAS
+from shapeqc.transforms.volume_io import LPS_TO_RAS
 
 # difference map values (shapeqc.defects): 1 only in the segmentation, 2 only in the reconstruction
 DIFFERENCE_SEGMENTS = {1: "suspected over-segmentation", 2: "suspected under-segmentation"}

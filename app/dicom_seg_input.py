@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from transforms.class_maps import class_map
-from transforms.volume_io import LPS_TO_RAS, write_volume
+from shapeqc.transforms.class_maps import class_map
+from shapeqc.transforms.volume_io import LPS_TO_RAS, write_volume
 
 
 class NotADicomSegError(ValueError):

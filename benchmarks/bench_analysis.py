@@ -35,16 +35,21 @@ RESEARCH_ROUTE_S = 2 * 710.0
 
 
 def load(kind: str):
-    from shapeqc.analysis import Bundle, load_bundle
+    from shapeqc.bundles import bundle_from_config, load_bundle
     from shapeqc.networks import ifnet_from_preset
-    from transforms.grid_transforms import ToCanonicalGridd
+    from shapeqc.reconstruction import CoarseToFineInferer
+    from shapeqc.transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
 
     if kind == "shipped":
         return load_bundle(ROOT / "bundles" / "adrenal_gland")
     torch.manual_seed(0)
-    return Bundle(path=Path("research_preset_untrained"), metadata={}, network=ifnet_from_preset("research").eval(),
-                  to_grid=ToCanonicalGridd("mask", spacing_mm=1.0, grid_size=128, margin=8, mirror_side="left"),
-                  thresholds=None, device=torch.device("cpu"), organs=["adrenal_gland_left"])
+    from monai.transforms import Activationsd
+
+    return bundle_from_config(
+        Path("research_preset_untrained"), ifnet_from_preset("research"),
+        [ToCanonicalGridd("mask", spacing_mm=1.0, grid_size=128, margin=8, mirror_side="left")],
+        CoarseToFineInferer(), [Activationsd("pred", sigmoid=True), CanonicalGridToSourced("pred")],
+        metadata={"organs": ["adrenal_gland_left"]})
 
 
 class _PlainDecoder(torch.nn.Module):
@@ -64,7 +69,7 @@ class _PlainDecoder(torch.nn.Module):
 def child(kind: str, cases: int, work: Path) -> None:
     from shapeqc.analysis import analyse_organ
     from shapeqc.reconstruction import grid_logits
-    from transforms.canonical_grid import CanonicalGrid, grid_to_source
+    from shapeqc.transforms.canonical_grid import CanonicalGrid, grid_to_source
 
     bundle = load(kind)
     for index in range(cases):
@@ -95,8 +100,8 @@ def main() -> None:
     if args.child:
         child(args.child, args.cases, args.work)
         return
-    from transforms.reslice import reslice_mask
-    from transforms.volume_io import write_volume
+    from shapeqc.transforms.reslice import reslice_mask
+    from shapeqc.transforms.volume_io import write_volume
 
     with np.load(NPZ) as archive:
         masks = archive["val_images"][: args.cases] > 0

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cuda_kernels import perlin3d, sample_boundary, voxelize_mesh
-from cuda_kernels.boundary_sampling import boundary_face_keys
-from transforms.corruption import organ_box
+from shapeqc.cuda_kernels import perlin3d, sample_boundary, voxelize_mesh
+from shapeqc.cuda_kernels.boundary_sampling import boundary_face_keys
+from shapeqc.transforms.corruption import organ_box
 
 DEFAULT_NPZ = Path(__file__).resolve().parents[2] / "shared/data/adrenalmnist3d/adrenalmnist3d_64_trainval.npz"
 

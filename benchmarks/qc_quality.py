@@ -70,7 +70,7 @@ def load_masks(items: list[dict], limit: int | None,
     """(case id, mask (D, H, W) bool cropped around the organ, affine (4, 4) RAS, organ) per datalist item; with
     ``spacing_mm``, re-sliced as acquired at that voxel size (tilt seeded by the case id, 12 voxels of room)."""
     from shapeqc.calibration import acquisition
-    from transforms.organ_loading import LoadOrganMaskd
+    from shapeqc.transforms.organ_loading import LoadOrganMaskd
 
     load = LoadOrganMaskd("mask")
     masks = []
@@ -95,7 +95,7 @@ def corrupted_cases(clean, families: list[str], swaps: dict[str, list[np.ndarray
     """Every family's seeded corruptions of every clean case; ``swaps[family][i]``: that swap family's mask for case
     i, in its grid (:func:`swaps_in_place`, :func:`organ_swaps_in_place`, :func:`on_acquisition_grids`)."""
     from shapeqc import qc_corruptions as qc
-    from transforms.corruption import stable_seed
+    from shapeqc.transforms.corruption import stable_seed
 
     cases = []
     for index, (case_id, mask, affine, organ) in enumerate(clean):
@@ -165,7 +165,7 @@ def on_acquisition_grids(placed, clean_as_given, clean_acquired) -> list[np.ndar
     (:func:`swaps_in_place`, :func:`organ_swaps_in_place` of ``clean_as_given``), re-sliced onto the case's
     acquisition grid the way its clean mask was (trilinear, 0.5). Swapping two re-sliced masks with each other
     would resample one acquisition onto another, a staircase no real segmentation has."""
-    from transforms.canonical_grid import resample_trilinear
+    from shapeqc.transforms.canonical_grid import resample_trilinear
 
     swaps = []
     for swapped, (_, _, affine, _), (_, mask, acquired_affine, _) in zip(
@@ -202,8 +202,10 @@ def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, org
 
 
 def badness(method: str, values) -> np.ndarray:
-    values = np.asarray(values, float)
-    return -values if method == "shapeqc_dice" else values
+    """A benchmark method's scores (N,) with larger = worse: shapeqc's Dice falls, every other score grows."""
+    from shapeqc.thresholds import badness as oriented
+
+    return oriented(method, values, "below" if method == "shapeqc_dice" else "above")
 
 
 def clean_scale(method: str, reference: list[dict]) -> tuple[float, float]:
@@ -236,8 +238,7 @@ def add_combined_scores(clean_scores: list[dict], corrupted_scores: list[dict]) 
 
 def score_run(args) -> dict:
     """Builds the cases and scores every one of them with every method of :data:`SCORED` (the slow part)."""
-    from shapeqc.analysis import load_bundle
-    from shapeqc.bundles import bundle_datalist
+    from shapeqc.bundles import bundle_datalist, load_bundle
     from shapeqc.qc_baselines import (
         DescriptorMahalanobis,
         LinearShapeModel,
@@ -310,7 +311,7 @@ def shipped_profile(bundle_dir: Path, spacing: list[float] | None, required: boo
     """The threshold profile of ``bundle_dir/configs/thresholds.json`` that ``shapeqc analyse`` would apply to masks
     of ``spacing`` (mm; None: 1 mm as given). Without one: SystemExit naming the folder, or None if not
     ``required``."""
-    from shapeqc.analysis import load_thresholds, select_profile
+    from shapeqc.thresholds import load_thresholds, select_profile
 
     profile = select_profile(load_thresholds(bundle_dir), tuple(spacing) if spacing else (1.0, 1.0, 1.0))
     if profile is None and required:

@@ -77,9 +77,9 @@ def variant_scores(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> 
 def main(argv: list[str] | None = None) -> int:
     from qc_quality import corrupted_cases, display_path, load_masks, swaps_in_place
 
-    from shapeqc.analysis import load_bundle
-    from shapeqc.bundles import bundle_datalist
+    from shapeqc.bundles import bundle_datalist, load_bundle
     from shapeqc.calibration import auroc
+    from shapeqc.thresholds import badness as oriented
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "adrenal_gland")
@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         case["scores"] = variant_scores(bundle, case["mask"], case["affine"], case["organ"])
 
     def badness(score: str, values) -> np.ndarray:
-        values = np.asarray(values, float)
-        return -values if score in FALLING else values
+        return oriented(score, values, "below" if score in FALLING else "above")
 
     def row(selected: list[dict]) -> dict:
         return {score: auroc(badness(score, [c["scores"][score] for c in selected]),

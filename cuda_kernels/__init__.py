@@ -9,9 +9,9 @@ torch run the kernel (zero-copy through DLPack). Importing this package needs ne
 - ``voxelize_mesh(vertices, faces, shape) -> (D, H, W) bool``: solid voxelization by ray parity.
 """
 
-from cuda_kernels.backend import gpu_available
-from cuda_kernels.boundary_sampling import sample_boundary, voxel_occupancy
-from cuda_kernels.perlin import perlin3d
-from cuda_kernels.voxelize import voxelize_mesh
+from shapeqc.cuda_kernels.backend import gpu_available
+from shapeqc.cuda_kernels.boundary_sampling import sample_boundary, voxel_occupancy
+from shapeqc.cuda_kernels.perlin import perlin3d
+from shapeqc.cuda_kernels.voxelize import voxelize_mesh
 
 __all__ = ["gpu_available", "perlin3d", "sample_boundary", "voxel_occupancy", "voxelize_mesh"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-KERNEL_DIR = resources.files("cuda_kernels")
+KERNEL_DIR = resources.files("shapeqc.cuda_kernels")
 # --fmad=false: no fused multiply-add contraction, so kernel float math rounds like the CPU implementations
 NVRTC_OPTIONS = ("--std=c++14", "--fmad=false")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cuda_kernels import backend
+from shapeqc.cuda_kernels import backend
 
 PHILOX_M0, PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 PHILOX_W0, PHILOX_W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from cuda_kernels.backend import KERNEL_DIR
+from shapeqc.cuda_kernels.backend import KERNEL_DIR
 
 GXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-x", "c++")
 CUDA_SOURCES = ("perlin.cu", "boundary_sampling.cu", "voxelize.cu")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cuda_kernels import backend
+from shapeqc.cuda_kernels import backend
 
 F = np.float32
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cuda_kernels import backend
+from shapeqc.cuda_kernels import backend
 
 
 def _edge_function(ax, ay, bx, by, px, py):

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from shapeqc.analysis import Bundle, analyse_organ
+from shapeqc.analysis import analyse_organ
+from shapeqc.bundles import Bundle
 from shapeqc.datasets import SEGMENTATION_FOLDER
 from shapeqc.reports import write_atomic, write_reports
-from transforms.class_maps import class_map, organ_of_file_stem
-from transforms.errors import SegmentationInputError
-from transforms.organ_loading import is_label_set_map, organ_file_in
-from transforms.volume_io import is_volume_path, read_label_names, read_volume, strip_volume_suffix
+from shapeqc.transforms.class_maps import class_map, organ_of_file_stem
+from shapeqc.transforms.errors import SegmentationInputError
+from shapeqc.transforms.organ_loading import is_label_set_map, organ_file_in
+from shapeqc.transforms.volume_io import is_volume_path, read_label_names, read_volume, strip_volume_suffix
 
 
 def _is_organ_folder(files: list[Path]) -> bool:
@@ -96,7 +97,7 @@ def organs_for(path: str, bundle: Bundle, organ: str | None) -> list[str | None]
             if named is not None and not organ:  # a file named after an organ goes to the bundles covering it
                 return [named] if named in bundle.organs else []
             return fallback
-    from transforms.class_maps import detect_map_version
+    from shapeqc.transforms.class_maps import detect_map_version
 
     names = names or class_map(detect_map_version(volume.astype(int), affine))
     present = {names[int(v)] for v in values if int(v) in names}
@@ -129,33 +130,6 @@ def analyse_case(case: str, path: str, bundles: list[Bundle], out_dir: str | os.
     unit of work): one record per organ, outputs under ``out_dir/<case>/<organ>``."""
     return [analyse_organ(path, target, bundles[index], organ_dir, case, map_version=map_version)
             for path, target, index, organ_dir, case in case_jobs(case, path, bundles, out_dir, organ)]
-
-
-def find_bundles(paths: list[str | os.PathLike]) -> list[Path]:
-    """Bundle folders: each path is a bundle (has configs/metadata.json) or a folder of bundles."""
-    found = []
-    for path in map(Path, paths):
-        if (path / "configs" / "metadata.json").exists():
-            found.append(path)
-        else:
-            found += sorted(p.parent.parent for p in path.glob("*/configs/metadata.json"))
-    return found
-
-
-def load_trained_bundles(folders: list[str | os.PathLike], device: str = "cpu", refine_steps: int = 0,
-                         warn=print) -> list[Bundle]:
-    """Every trained bundle found under ``folders`` (see :func:`find_bundles`), each loaded once; an untrained
-    one (a freshly generated bundle in a models folder) is skipped with a warning, not fatal."""
-    from shapeqc.analysis import load_bundle
-    from shapeqc.bundles import UntrainedBundleError
-
-    bundles = []
-    for bundle_dir in find_bundles(folders):
-        try:
-            bundles.append(load_bundle(bundle_dir, device, refine_steps=refine_steps))
-        except UntrainedBundleError as error:
-            warn(f"skipped {bundle_dir}: {error}")
-    return bundles
 
 
 _WORKER_BUNDLES: list[Bundle] = []

@@ -6,7 +6,8 @@ to the corrupted input's own Dice to the clean mask: a shape prior must repair, 
 
     python -m shapeqc.bundle_quality --bundle bundles/adrenal_gland --dataset_dir ../shared/data [--limit N]
 
-The validation masks are the bundle's own ``validate#datalist`` (its train.yaml), any dataset.
+The validation masks are the bundle's own ``validate#datalist`` (its train.yaml), any dataset. Reconstruction is
+the bundle's own ``inferer`` (inference.yaml), as in analysis.
 """
 
 from __future__ import annotations
@@ -19,23 +20,23 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
-from shapeqc.bundles import load_bundle_network
+from shapeqc.bundles import bundle_parser, load_bundle
 from shapeqc.metrics import dice
-from shapeqc.reconstruction import grid_logits
-from transforms.corruption import RandPerlinCorruptiond
+from shapeqc.transforms.corruption import RandPerlinCorruptiond
 
 
-def reconstruct(network, grid: np.ndarray, margin: int = 6) -> np.ndarray:
-    """(R, R, R) bool reconstruction of a (R, R, R) binary grid."""
-    tensor = torch.from_numpy(np.asarray(grid, dtype=np.float32))[None, None]
-    return (grid_logits(network, tensor, margin=margin)[0, 0] > 0).numpy()
+def reconstruct(bundle, grid: np.ndarray) -> np.ndarray:
+    """(R, R, R) bool reconstruction of a (R, R, R) binary grid by the bundle's inferer."""
+    tensor = torch.from_numpy(np.asarray(grid, dtype=np.float32))[None, None].to(bundle.device)
+    with torch.no_grad():
+        return (bundle.inferer(tensor, bundle.network)[0, 0] > 0).cpu().numpy()
 
 
-def bundle_quality(bundle_dir: str, items: list[dict], network=None, parser=None) -> dict:
+def bundle_quality(bundle_dir: str, items: list[dict], bundle=None) -> dict:
     """Per-case Dice figures and their summary for ``items`` (datalist items of real masks)."""
-    if network is None:
-        network, parser = load_bundle_network(bundle_dir)
-    to_grid = Compose(parser.get_parsed_content("canonical_grid_transforms"))
+    bundle = bundle or load_bundle(bundle_dir)
+    # from the file to the grid: the config's loading + to_grid, as the bundle's datasets run them
+    to_grid = Compose(bundle_parser(bundle_dir).get_parsed_content("canonical_grid_transforms"))
     corrupt = RandPerlinCorruptiond("mask", output_keys="corrupted", add_prob=0.5, remove_prob=0.5,
                                     seed_key="case_id")
     cases = []
@@ -44,9 +45,9 @@ def bundle_quality(bundle_dir: str, items: list[dict], network=None, parser=None
         clean, corrupted = data["mask"][0] > 0, data["corrupted"][0] > 0
         cases.append({
             "case_id": item["case_id"],
-            "clean_reconstruction_dice": dice(reconstruct(network, clean), clean),
+            "clean_reconstruction_dice": dice(reconstruct(bundle, clean), clean),
             "corrupted_input_dice": dice(corrupted, clean),
-            "corrupted_reconstruction_dice": dice(reconstruct(network, corrupted), clean),
+            "corrupted_reconstruction_dice": dice(reconstruct(bundle, corrupted), clean),
         })
     values = {key: np.array([c[key] for c in cases]) for key in cases[0] if key != "case_id"}
     corrupted_cases = values["corrupted_input_dice"] < 1.0

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shapeqc.analysis import METRICS, WORSE_WHEN, Bundle, load_bundle, score_organ
-from transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond, stable_seed
-from transforms.organ_loading import load_organ_mask
-from transforms.reslice import reslice_mask
+from shapeqc.analysis import score_organ
+from shapeqc.bundles import Bundle, load_bundle
+from shapeqc.thresholds import METRICS, badness, is_worse, metric_rule
+from shapeqc.transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond, stable_seed
+from shapeqc.transforms.organ_loading import load_organ_mask
+from shapeqc.transforms.reslice import reslice_mask
 
 
 def corruption_families() -> dict:
@@ -38,38 +40,16 @@ def corruption_families() -> dict:
     }
 
 
-def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
-    """Area under the ROC curve for 'positives score higher' (Mann-Whitney U with ties counted half)."""
-    positives, negatives = np.asarray(positives, float), np.asarray(negatives, float)
-    greater = (positives[:, None] > negatives[None, :]).sum()
-    ties = (positives[:, None] == negatives[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+def auroc(positives, negatives) -> float:
+    """Area under the ROC curve for 'positives (P,) score higher than negatives (N,)', ties counted half:
+    MONAI's ``compute_roc_auc``, which equals the Mann-Whitney U statistic over P * N."""
+    import torch
+    from monai.metrics import compute_roc_auc
 
-
-def badness(metric: str, values) -> np.ndarray:
-    """Scores oriented so that larger is worse (Dice negated)."""
-    values = np.asarray(values, dtype=float)
-    return -values if WORSE_WHEN[metric] == "below" else values
-
-
-def threshold_at(values, target_fpr: float, worse_when: str) -> float:
-    """The threshold flagging ``target_fpr`` of the clean ``values`` (N,): their ``target_fpr`` quantile for a
-    metric worse below it (Dice), their ``1 - target_fpr`` quantile otherwise (surface distances, mm)."""
-    return float(np.quantile(np.asarray(values, float), target_fpr if worse_when == "below" else 1.0 - target_fpr))
-
-
-def leave_one_out_fpr(values, target_fpr: float, worse_when: str) -> float:
-    """The false-positive rate to expect of :func:`threshold_at` on a clean case it was not set on: every clean
-    case of ``values`` (N,), N >= 2, judged against the threshold set on the other N - 1. The rate on the cases
-    the threshold was set on is the target by construction; this one is what a new clean organ from the same
-    population sees."""
-    values = np.asarray(values, float)
-    flagged = 0
-    for index, value in enumerate(values):
-        threshold = threshold_at(np.delete(values, index), target_fpr, worse_when)
-        flagged += bool(value < threshold if worse_when == "below" else value > threshold)
-    return flagged / len(values)
-
+    positives, negatives = np.asarray(positives, float).ravel(), np.asarray(negatives, float).ravel()
+    scores = torch.from_numpy(np.concatenate([positives, negatives]))
+    labels = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))])
+    return float(compute_roc_auc(scores, labels))
 
 def score_case(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
     return score_organ(bundle, mask, affine, organ, {})[1]
@@ -119,10 +99,7 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     metrics = {}
     for metric in METRICS:
         clean = np.array([s[metric] for s in clean_scores], dtype=float)
-        metrics[metric] = {"threshold": threshold_at(clean, target_fpr, WORSE_WHEN[metric]),
-                           "worse_when": WORSE_WHEN[metric], "enabled": metric == "dice"}
-        if len(clean) >= 2:
-            metrics[metric]["leave_one_out_fpr"] = leave_one_out_fpr(clean, target_fpr, WORSE_WHEN[metric])
+        metrics[metric] = metric_rule(clean, target_fpr, metric, enabled=metric == "dice")
     families_report = {}
     for name, scores in family_scores.items():
         families_report[name] = {"cases": len(scores),
@@ -131,7 +108,7 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
             values = np.array([s[metric] for s in scores], dtype=float)
             clean = np.array([s[metric] for s in clean_scores], dtype=float)
             limit = metrics[metric]["threshold"]
-            detected = values < limit if WORSE_WHEN[metric] == "below" else values > limit
+            detected = is_worse(values, limit, metrics[metric]["worse_when"])
             families_report[name]["metrics"][metric] = {
                 "detection_rate": float(detected.mean()),
                 "auroc": auroc(badness(metric, values), badness(metric, clean)),

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from transforms.errors import SegmentationInputError
+from shapeqc.transforms.errors import SegmentationInputError
 
 
 def _datalist(args: argparse.Namespace) -> int:
@@ -47,10 +47,10 @@ def _datalist(args: argparse.Namespace) -> int:
 
 def _grid(args: argparse.Namespace) -> int:
     from shapeqc.metrics import dice
-    from transforms.canonical_grid import CanonicalGrid
-    from transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
-    from transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd
-    from transforms.volume_io import write_volume
+    from shapeqc.transforms.canonical_grid import CanonicalGrid
+    from shapeqc.transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
+    from shapeqc.transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd
+    from shapeqc.transforms.volume_io import write_volume
 
     item = {"case_id": Path(args.input).name, "mask": args.input, "organ": args.organ}
     item = LoadOrganMaskd("mask", map_version=args.map_version)(item)
@@ -83,8 +83,8 @@ def _new_bundle(args: argparse.Namespace) -> int:
 
 
 def _analyse(args: argparse.Namespace) -> int:
-    from shapeqc.analysis import load_bundle
-    from shapeqc.batch import load_trained_bundles, run_batch
+    from shapeqc.batch import run_batch
+    from shapeqc.bundles import load_bundle, load_trained_bundles
 
     device = args.device
     if device == "auto":

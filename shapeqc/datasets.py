@@ -1,6 +1,6 @@
 """Readers that list organ cases as MONAI-style items, and deterministic train/val/test datalists.
 
-An item is a dict ``{"case_id": str, "mask": path | array, ...}``; :class:`transforms.LoadOrganMaskd` turns it
+An item is a dict ``{"case_id": str, "mask": path | array, ...}``; :class:`shapeqc.transforms.LoadOrganMaskd` turns it
 into ``{"mask": (D, H, W) uint8, "affine": (4, 4), ...}``. In-memory readers (``load=True``) return the
 mask and affine directly. Case ids are stable: derived from file names or npz positions, never from order
 of discovery.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from transforms.organ_loading import read_npz_mask
-from transforms.volume_io import is_volume_path, read_volume, strip_volume_suffix
+from shapeqc.transforms.organ_loading import read_npz_mask
+from shapeqc.transforms.volume_io import is_volume_path, read_volume, strip_volume_suffix
 
 ADRENALMNIST_ARRAYS = ("train_images", "val_images")
 

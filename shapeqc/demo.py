@@ -32,10 +32,11 @@ def make_example(bundle_dir: Path, dataset_dir: str) -> Path:
     a mean shape (smoother and blunter than any real one) is off its distribution and scored like a defect.
     The median-volume case is chosen by rule, not by its score.
     """
-    from shapeqc.analysis import load_bundle, reconstruct_in_source
+    from shapeqc.analysis import reconstruct_in_source
+    from shapeqc.bundles import load_bundle
     from shapeqc.training_data import adrenalmnist3d_split
-    from transforms.organ_loading import load_organ_mask
-    from transforms.volume_io import write_volume
+    from shapeqc.transforms.organ_loading import load_organ_mask
+    from shapeqc.transforms.volume_io import write_volume
 
     masks = []
     for item in adrenalmnist3d_split(dataset_dir, "val"):
@@ -52,8 +53,8 @@ def demo_inputs(example_path: Path, out_dir: Path) -> dict[str, tuple[Path, np.n
     """Clean, blob-added and slab-cut CT-like inputs; returns name -> (path, corruption centre in mm or None)."""
     import nibabel as nib
 
-    from transforms.reslice import reslice_mask
-    from transforms.volume_io import write_volume
+    from shapeqc.transforms.reslice import reslice_mask
+    from shapeqc.transforms.volume_io import write_volume
 
     example = np.asarray(nib.load(str(example_path)).dataobj) > 0
     clean, affine = reslice_mask(example, np.eye(4), SPACING, ROTATION, pad_voxels=16)
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(make_example(args.bundle, args.dataset_dir))
         return 0
 
-    from shapeqc.analysis import load_bundle
     from shapeqc.batch import run_batch
+    from shapeqc.bundles import load_bundle
 
     bundle = load_bundle(args.bundle)
     inputs = demo_inputs(args.bundle / "docs" / "example_organ.nii.gz", args.out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transforms.volume_io import voxel_spacing
+from shapeqc.transforms.volume_io import voxel_spacing
 
 
 def _replace_atomic(path: Path, write) -> Path:

@@ -8,7 +8,7 @@ seed gives the same corruption. The "axial" axis is array axis 2 (the slice axis
 Families a prior was trained on are reported apart from unseen ones: a bundle lists them in its metadata
 (``training_corruptions``); :data:`TRAINED_FAMILIES` is the default, the Perlin and cube families every shipped
 bundle was trained with. The generators are written apart from the training transforms of the same failure
-modes (``transforms.RandPlaneCutd``, ``RandSliceDropd``) and seeded differently, so that results stay comparable
+modes (``shapeqc.transforms.RandPlaneCutd``, ``RandSliceDropd``) and seeded differently, so that results stay comparable
 across priors trained with and without them.
 """
 
@@ -40,7 +40,7 @@ def _surface_voxels(mask: np.ndarray) -> np.ndarray:
 def perlin(mask: np.ndarray, seed: int, add: bool, strength: float = 0.5) -> np.ndarray:
     """Perlin blobs added near the organ (a leak into the neighbourhood) or removed from it (the training
     corruption). ``strength`` in (0, 1]: the noise threshold, 1 - 0.5 * strength (higher: more blobs)."""
-    from transforms.corruption import RandPerlinCorruptiond
+    from shapeqc.transforms.corruption import RandPerlinCorruptiond
 
     level = 1.0 - 0.5 * float(strength)
     corrupt = RandPerlinCorruptiond("mask", add_prob=1.0 if add else 0.0, remove_prob=0.0 if add else 1.0,

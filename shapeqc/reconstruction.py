@@ -1,4 +1,5 @@
-"""Occupancy of a whole canonical grid from the network: encode once, decode voxel centres in chunks."""
+"""Occupancy of a canonical grid from the network: :class:`CoarseToFineInferer`, the one reconstruction every path
+runs, and :func:`grid_logits`, dense decoding of every voxel centre (the reference the tests hold it to)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-from transforms.corruption import organ_box
+from shapeqc.transforms.corruption import organ_box
 
 # logit written where the region of interest leaves voxels undecoded: firmly "empty"
 OUTSIDE_LOGIT = -20.0
@@ -55,18 +56,6 @@ def grid_logits(network: torch.nn.Module, grid: torch.Tensor, margin: int | None
         region = region or tuple(slice(0, n) for n in shape)
         out[b, 0][region] = logits.reshape([s.stop - s.start for s in region]).float()
     return out
-
-
-class OccupancyGridInferer(Inferer):
-    """MONAI inferer: ``inferer(grid, network)`` -> occupancy logits on the grid (see :func:`grid_logits`)."""
-
-    def __init__(self, margin: int | None = 6, chunk_points: int = 32_768) -> None:
-        super().__init__()
-        self.margin = margin
-        self.chunk_points = chunk_points
-
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return grid_logits(network, inputs, self.margin, self.chunk_points)
 
 
 def _upsample_lattice(coarse: torch.Tensor) -> torch.Tensor:
@@ -169,3 +158,36 @@ def coarse_to_fine_logits(network: torch.nn.Module, grid: torch.Tensor, start_st
     if timings is not None:
         timings.update(encode=encoded - started, decode=time.perf_counter() - encoded)
     return out, decoded
+
+
+class CoarseToFineInferer(Inferer):
+    """The one reconstruction of shapeqc as a MONAI inferer: ``inferer(grids, network)`` with grids
+    (B, 1, R, R, R) float32 returns occupancy logits (B, 1, R, R, R) from :func:`coarse_to_fine_logits`.
+
+    Every path runs it: the bundle's ``inference.yaml`` (``inferer``), training validation and evaluation
+    (``@inferer``), ``shapeqc analyse``, calibration and ``bundle_quality``.
+
+    Args:
+        margin: voxels around the input organ's box that are decoded; None: :func:`default_margin` of R.
+        start_stride, certain_logit, chunk_points: as in :func:`coarse_to_fine_logits`.
+    """
+
+    def __init__(self, margin: int | None = None, start_stride: int = 8, certain_logit: float = 5.0,
+                 chunk_points: int = 32_768) -> None:
+        super().__init__()
+        self.margin = margin
+        self.start_stride = start_stride
+        self.certain_logit = certain_logit
+        self.chunk_points = chunk_points
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, timings: dict | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        margin = default_margin(inputs.shape[-1]) if self.margin is None else self.margin
+        out = []
+        for item in inputs:
+            logits, decoded = coarse_to_fine_logits(network, item[None], self.start_stride, self.certain_logit,
+                                                    self.chunk_points, margin, timings)
+            if timings is not None:
+                timings["decoded_points"] = timings.get("decoded_points", 0) + int(decoded)
+            out.append(logits[None])
+        return torch.stack(out)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transforms.boundary_samples import BoundarySampled
+from shapeqc.transforms.boundary_samples import BoundarySampled
 
 
 def refined_network(network: nn.Module, grid: torch.Tensor, steps: int, learning_rate: float = 1e-4,

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from shapeqc.analysis import METRICS
+from shapeqc.thresholds import METRICS
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:

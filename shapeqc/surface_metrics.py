@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from cuda_kernels.boundary_sampling import boundary_face_flags
+from shapeqc.cuda_kernels.boundary_sampling import boundary_face_flags
 from shapeqc.metrics import dice
 
 

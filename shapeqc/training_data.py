@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from shapeqc.datasets import adrenalmnist3d_items, headneck_tree_items, label_map_folder_items, split_items
-from transforms.errors import SegmentationInputError
-from transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd
+from shapeqc.transforms.errors import SegmentationInputError
+from shapeqc.transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd
 
 logger = logging.getLogger("shapeqc.training_data")
 
@@ -63,7 +63,7 @@ def datalist_split(datalist_file: str, split: str, limit: int | None = None, che
 
 def file_items(paths: list[str], organ: str | None = None) -> list[dict]:
     """Datalist items for segmentation files or TotalSegmentator folders; case id = name without suffix."""
-    from transforms.volume_io import strip_volume_suffix
+    from shapeqc.transforms.volume_io import strip_volume_suffix
 
     return [{"case_id": strip_volume_suffix(Path(path).name), "mask": str(path), "organ": organ} for path in paths]
 

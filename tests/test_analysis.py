@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from shapeqc import cli
-from shapeqc.analysis import analyse_organ, decide, load_bundle
+from shapeqc.analysis import analyse_organ
 from shapeqc.batch import run_batch
-from transforms.volume_io import write_volume
+from shapeqc.bundles import load_bundle
+from shapeqc.thresholds import decide
+from shapeqc.transforms.volume_io import write_volume
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adrenal_gland"
 
@@ -115,7 +117,7 @@ def test_resume_after_an_interrupted_run(bundle, clean_inputs, tmp_path):
 
 
 def test_profile_selection_by_spacing():
-    from shapeqc.analysis import select_profile
+    from shapeqc.thresholds import select_profile
 
     thresholds = {"profiles": [{"spacing_mm": None, "metrics": {"dice": {"threshold": 0.99}}},
                                {"spacing_mm": [0.8, 0.8, 2.5], "metrics": {"dice": {"threshold": 0.9}}}]}
@@ -150,7 +152,7 @@ def test_coarse_to_fine_equals_dense_decoding_on_real_cases(bundle, adrenal_val_
     import torch
 
     from shapeqc.reconstruction import coarse_to_fine_logits, default_margin, grid_logits
-    from transforms.corruption import RandPerlinCorruptiond
+    from shapeqc.transforms.corruption import RandPerlinCorruptiond
 
     corrupt = RandPerlinCorruptiond("mask", add_prob=1.0, remove_prob=1.0)
     corrupt.set_random_state(0)
@@ -193,7 +195,7 @@ def test_test_time_refinement_fits_the_input_and_is_reproducible(bundle, adrenal
     import torch
 
     from shapeqc.refinement import refined_network
-    from transforms.boundary_samples import BoundarySampled
+    from shapeqc.transforms.boundary_samples import BoundarySampled
 
     item = bundle.to_grid({"mask": adrenal_val_masks[5].astype(np.uint8), "affine": np.eye(4),
                            "organ": "adrenal_gland_right"})

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from shapeqc.analysis import load_bundle
-from shapeqc.batch import load_trained_bundles, run_batch
+from shapeqc.batch import run_batch
+from shapeqc.bundles import load_bundle, load_trained_bundles
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -42,7 +42,7 @@ def mixed_inputs(tmp_path_factory, totalseg, adrenal_val_masks):
     """A TotalSegmentator multi-label map, two adrenal NIfTI masks and a corrupt file, in one folder tree."""
     import numpy as np
 
-    from transforms.volume_io import write_volume
+    from shapeqc.transforms.volume_io import write_volume
 
     folder = tmp_path_factory.mktemp("app_inputs")
     (folder / "ts").mkdir()
@@ -156,7 +156,7 @@ def dicom_inputs(tmp_path_factory, totalseg):
     import pydicom
     from pydicom.sr.codedict import codes
 
-    from transforms.class_maps import class_map
+    from shapeqc.transforms.class_maps import class_map
 
     reference = totalseg / "reference"
     series = ct_series_with_uids(reference / "example_ct_dicom")

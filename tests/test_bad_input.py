@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from transforms import errors
-from transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd, load_organ_mask
-from transforms.volume_io import check_same_grid, read_volume
+from shapeqc.transforms import errors
+from shapeqc.transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd, load_organ_mask
+from shapeqc.transforms.volume_io import check_same_grid, read_volume
 
 
 def _organ(shape=(12, 12, 12)) -> np.ndarray:

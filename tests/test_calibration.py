@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shapeqc.calibration import leave_one_out_fpr, threshold_at
+from shapeqc.thresholds import leave_one_out_fpr, threshold_at
 
 
 @pytest.mark.parametrize("worse_when, values, expected", [

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from shapeqc.metrics import dice
-from transforms.canonical_grid import (
+from shapeqc.transforms.canonical_grid import (
     CanonicalGrid,
     grid_to_source,
     organ_world_bounds,
     plan_canonical_grid,
     source_to_grid,
 )
-from transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
-from transforms.reslice import reslice_mask
+from shapeqc.transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
+from shapeqc.transforms.reslice import reslice_mask
 
 N_MASKS = 60
 

@@ -9,9 +9,9 @@ from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose, CopyItemsd
 
 from shapeqc.datasets import adrenalmnist3d_items
-from transforms.boundary_samples import BoundarySampled
-from transforms.coordinates import grid_coords_to_voxel
-from transforms.corruption import (
+from shapeqc.transforms.boundary_samples import BoundarySampled
+from shapeqc.transforms.coordinates import grid_coords_to_voxel
+from shapeqc.transforms.corruption import (
     RandBoundaryShiftd,
     RandPatchCorruptiond,
     RandPerlinCorruptiond,
@@ -20,10 +20,10 @@ from transforms.corruption import (
     ellipsoid_element,
     organ_box,
 )
-from transforms.grid_transforms import ToCanonicalGridd
-from transforms.organ_loading import LoadOrganMaskd
-from transforms.packing import PackGridd, UnpackGridd
-from transforms.reslice import RandAcquisitionResliced
+from shapeqc.transforms.grid_transforms import ToCanonicalGridd
+from shapeqc.transforms.organ_loading import LoadOrganMaskd
+from shapeqc.transforms.packing import PackGridd, UnpackGridd
+from shapeqc.transforms.reslice import RandAcquisitionResliced
 
 
 @pytest.fixture(scope="module")

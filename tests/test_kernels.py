@@ -10,17 +10,17 @@ import pytest
 import torch
 from scipy import stats
 
-from cuda_kernels import gpu_available, perlin3d, sample_boundary
-from cuda_kernels.boundary_sampling import (
+from shapeqc.cuda_kernels import gpu_available, perlin3d, sample_boundary
+from shapeqc.cuda_kernels.boundary_sampling import (
     boundary_face_keys,
     mixture_thresholds,
     philox4x32_10,
     sample_boundary_cpu,
     voxel_occupancy,
 )
-from cuda_kernels.host_build import CUDA_SOURCES, check_nvcc, load_host_kernel
-from cuda_kernels.perlin import perlin3d_cpu
-from transforms.coordinates import voxel_to_grid_coords
+from shapeqc.cuda_kernels.host_build import CUDA_SOURCES, check_nvcc, load_host_kernel
+from shapeqc.cuda_kernels.perlin import perlin3d_cpu
+from shapeqc.transforms.coordinates import voxel_to_grid_coords
 
 gpu = pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU with CuPy")
 

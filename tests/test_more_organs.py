@@ -10,9 +10,9 @@ import pytest
 
 from shapeqc.batch import discover_cases
 from shapeqc.training_data import headneck_split, label_map_split
-from transforms.errors import EmptyMaskError, UnknownOrganError
-from transforms.organ_loading import LoadOrganMaskd, check_organ_mask, load_organ_mask, organ_file_in
-from transforms.volume_io import read_volume, write_volume
+from shapeqc.transforms.errors import EmptyMaskError, UnknownOrganError
+from shapeqc.transforms.organ_loading import LoadOrganMaskd, check_organ_mask, load_organ_mask, organ_file_in
+from shapeqc.transforms.volume_io import read_volume, write_volume
 
 
 def test_discover_cases_names_each_rater_and_scan_of_a_headneck_tree(headneck_tree):

@@ -12,10 +12,10 @@ import pytest
 from monai.bundle import ConfigParser
 
 from shapeqc import cli
-from shapeqc.batch import load_trained_bundles, run_batch
+from shapeqc.batch import run_batch
 from shapeqc.bundle_metadata import check_bundle_metadata
 from shapeqc.bundle_quality import bundle_quality
-from shapeqc.bundles import bundle_datalist, new_bundle, training_corruption_families
+from shapeqc.bundles import bundle_datalist, load_trained_bundles, new_bundle, training_corruption_families
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -27,7 +27,7 @@ def test_shipped_bundle_is_trained_calibrated_and_consistent(name):
     bundle = BUNDLES / name
     metadata = check_bundle_metadata(bundle)
     assert metadata["trained"] is True and (bundle / "models" / "model.pt").exists()
-    config = ConfigParser.load_config_file(str(bundle / "configs" / "train.yaml"))
+    config = ConfigParser.load_config_file(str(bundle / "configs" / "inference.yaml"))
     for key in ("spacing_mm", "grid_size", "margin"):
         assert metadata["canonical_grid"][key] == config[key], key
     thresholds = json.loads((bundle / "configs" / "thresholds.json").read_text())
@@ -114,9 +114,10 @@ def test_the_app_analyses_the_same_organs_with_its_models_folder(mixed_organs, t
 def test_calibration_scores_each_item_as_its_own_organ():
     """A left and a right parotid of one held-out scan: calibration scores each as `shapeqc analyse` would (the
     right gland unmirrored), and reads the hippocampus label set."""
-    from shapeqc.analysis import load_bundle, score_organ
+    from shapeqc.analysis import score_organ
+    from shapeqc.bundles import load_bundle
     from shapeqc.calibration import calibrate
-    from transforms.organ_loading import load_organ_mask
+    from shapeqc.transforms.organ_loading import load_organ_mask
 
     shared = str(ROOT.parent / "shared" / "data")
     bundle = load_bundle(BUNDLES / "parotid_gland")

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from transforms.errors import UnreadableImageError
-from transforms.volume_io import read_volume, write_volume
+from shapeqc.transforms.errors import UnreadableImageError
+from shapeqc.transforms.volume_io import read_volume, write_volume
 
 HEADNECK = "tcia_headneck_oar/test/oncologist"
 
@@ -44,8 +44,8 @@ def test_nrrd_reads_with_its_header_geometry_and_voxels(totalseg, organ):
 
 
 def test_same_organ_from_nrrd_and_nifti_gives_the_same_canonical_grid(totalseg, tmp_path):
-    from transforms.grid_transforms import ToCanonicalGridd
-    from transforms.organ_loading import load_organ_mask
+    from shapeqc.transforms.grid_transforms import ToCanonicalGridd
+    from shapeqc.transforms.organ_loading import load_organ_mask
 
     path = sorted((totalseg.parent / HEADNECK).glob("*/segmentations/Mandible.nrrd"))[0]
     array, affine = read_volume(path)

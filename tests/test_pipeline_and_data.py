@@ -17,10 +17,10 @@ from shapeqc.datasets import (
     totalsegmentator_tree_items,
     write_datalist,
 )
-from transforms import errors
-from transforms.grid_transforms import ToCanonicalGridd
-from transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd
-from transforms.packing import PackedMask, PackGridd, UnpackGridd, pack_mask, unpack_mask
+from shapeqc.transforms import errors
+from shapeqc.transforms.grid_transforms import ToCanonicalGridd
+from shapeqc.transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd
+from shapeqc.transforms.packing import PackedMask, PackGridd, UnpackGridd, pack_mask, unpack_mask
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 7), (1, 64, 64, 64), (9,)])

@@ -8,7 +8,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from shapeqc.surface_metrics import shape_scores
-from transforms.corruption import RandPerlinCorruptiond
+from shapeqc.transforms.corruption import RandPerlinCorruptiond
 
 
 def independent_scores(a, b, spacing):

@@ -8,10 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from transforms import errors
-from transforms.class_maps import class_map, detect_map_version, laterality_agreement
-from transforms.organ_loading import LoadOrganMaskd, load_organ_mask
-from transforms.volume_io import read_label_names, read_volume
+from shapeqc.transforms import errors
+from shapeqc.transforms.class_maps import class_map, detect_map_version, laterality_agreement
+from shapeqc.transforms.organ_loading import LoadOrganMaskd, load_organ_mask
+from shapeqc.transforms.volume_io import read_label_names, read_volume
 
 
 def test_embedded_class_maps_match_totalsegmentator(totalseg):

@@ -11,9 +11,9 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
-from cuda_kernels import gpu_available, voxelize_mesh
-from cuda_kernels.host_build import load_host_kernel
-from cuda_kernels.voxelize import voxelize_mesh_cpu, voxelize_toggles_cpu
+from shapeqc.cuda_kernels import gpu_available, voxelize_mesh
+from shapeqc.cuda_kernels.host_build import load_host_kernel
+from shapeqc.cuda_kernels.voxelize import voxelize_mesh_cpu, voxelize_toggles_cpu
 
 
 def mc_mesh(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,19 +1,20 @@
 """MONAI transforms of shapeqc: organ masks in, canonical organ grids out, and the exact way back.
 
-Import flow: shapeqc -> transforms -> cuda_kernels. See README.md ("Grid convention") for axes and units.
+Installed as ``shapeqc.transforms`` (folder ``transforms/``). Import flow: shapeqc -> shapeqc.transforms ->
+shapeqc.cuda_kernels. See README.md ("Grid convention") for axes and units.
 """
 
-from transforms.boundary_samples import BoundarySampled
-from transforms.canonical_grid import (
+from shapeqc.transforms.boundary_samples import BoundarySampled
+from shapeqc.transforms.canonical_grid import (
     CanonicalGrid,
     grid_to_source,
     organ_world_bounds,
     plan_canonical_grid,
     source_to_grid,
 )
-from transforms.class_maps import class_map, detect_map_version, organ_side
-from transforms.coordinates import grid_coords_to_voxel, voxel_to_grid_coords, voxel_to_world
-from transforms.corruption import (
+from shapeqc.transforms.class_maps import class_map, detect_map_version, organ_side
+from shapeqc.transforms.coordinates import grid_coords_to_voxel, voxel_to_grid_coords, voxel_to_world
+from shapeqc.transforms.corruption import (
     RandBoundaryShiftd,
     RandPatchCorruptiond,
     RandPerlinCorruptiond,
@@ -21,7 +22,7 @@ from transforms.corruption import (
     RandSliceDropd,
     organ_box,
 )
-from transforms.errors import (
+from shapeqc.transforms.errors import (
     AffineMismatchError,
     EmptyMaskError,
     InvalidAffineError,
@@ -34,11 +35,11 @@ from transforms.errors import (
     UnknownOrganError,
     UnreadableImageError,
 )
-from transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
-from transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd, check_organ_mask, load_organ_mask
-from transforms.packing import PackedMask, PackGridd, UnpackGridd, pack_mask, unpack_mask
-from transforms.reslice import RandAcquisitionResliced, acquisition_affine, reslice_mask
-from transforms.writers import SaveSourceSpaced
+from shapeqc.transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
+from shapeqc.transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd, check_organ_mask, load_organ_mask
+from shapeqc.transforms.packing import PackedMask, PackGridd, UnpackGridd, pack_mask, unpack_mask
+from shapeqc.transforms.reslice import RandAcquisitionResliced, acquisition_affine, reslice_mask
+from shapeqc.transforms.writers import SaveSourceSpaced
 
 __all__ = [
     "AffineMismatchError",

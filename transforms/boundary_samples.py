@@ -8,15 +8,15 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-from cuda_kernels import sample_boundary
-from transforms.coordinates import voxel_to_grid_coords
+from shapeqc.cuda_kernels import sample_boundary
+from shapeqc.transforms.coordinates import voxel_to_grid_coords
 
 
 class BoundarySampled(Randomizable, MapTransform):
     """Sample points near the surface of the clean grid under ``keys`` (one key) with their exact occupancy.
 
     Writes ``points_key`` (n, 3) float32 grid coordinates in [-1, 1] (array axis order, align_corners=False;
-    see :mod:`transforms.coordinates`) and ``occupancy_key`` (n,) float32 0/1 (BCE targets).
+    see :mod:`shapeqc.transforms.coordinates`) and ``occupancy_key`` (n,) float32 0/1 (BCE targets).
 
     Args:
         keys: the clean grid, (R, R, R) or (1, R, R, R).

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from transforms.errors import EmptyMaskError
+from shapeqc.transforms.errors import EmptyMaskError
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from importlib import resources
 
 import numpy as np
 
-from transforms.errors import UnknownOrganError
+from shapeqc.transforms.errors import UnknownOrganError
 
 MAP_VERSIONS = ("v1", "v2")
 
@@ -31,7 +31,7 @@ def class_map(version: str) -> dict[int, str]:
     """Label id -> organ name for TotalSegmentator ``version`` ("v1" or "v2")."""
     if version not in MAP_VERSIONS:
         raise ValueError(f"unknown TotalSegmentator class map {version!r}, expected one of {MAP_VERSIONS}")
-    text = resources.files("transforms").joinpath("data/totalsegmentator_class_maps.json").read_text()
+    text = resources.files("shapeqc.transforms").joinpath("data/totalsegmentator_class_maps.json").read_text()
     return {int(label): name for label, name in json.loads(text)[version].items()}
 
 

@@ -26,7 +26,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, ensure_tuple
 from scipy import ndimage
 
-from cuda_kernels import perlin3d
+from shapeqc.cuda_kernels import perlin3d
 
 
 def organ_box(grid: np.ndarray, grow: int = 0) -> tuple[slice, slice, slice] | None:
@@ -148,7 +148,7 @@ class RandPerlinCorruptiond(ItemSeeded, RandomizableTransform, MapTransform):
 
 class InPlaceGridTransform(ItemSeeded, RandomizableTransform, MapTransform):
     """Base of the random transforms that replace each key's grid through ``self.change(grid)`` (the in-place
-    corruptions here, ``transforms.reslice.RandAcquisitionResliced``). The result keeps the input's array type
+    corruptions here, ``shapeqc.transforms.reslice.RandAcquisitionResliced``). The result keeps the input's array type
     (ndarray, tensor or MetaTensor) and dtype, so a batch of changed and untouched items collates."""
 
     def __init__(self, keys: KeysCollection, prob: float, seed_key: str | None, base_seed: int,

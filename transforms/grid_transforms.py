@@ -9,15 +9,15 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
-from transforms.canonical_grid import CanonicalGrid, grid_to_source, plan_canonical_grid, source_to_grid
-from transforms.class_maps import organ_side
-from transforms.errors import EmptyMaskError
+from shapeqc.transforms.canonical_grid import CanonicalGrid, grid_to_source, plan_canonical_grid, source_to_grid
+from shapeqc.transforms.class_maps import organ_side
+from shapeqc.transforms.errors import EmptyMaskError
 
 
 class ToCanonicalGridd(MapTransform):
     """Resample the organ under ``keys`` (and any co-registered volumes) into its canonical grid.
 
-    The grid is planned from the first key's mask (see :mod:`transforms.canonical_grid`); every key is then
+    The grid is planned from the first key's mask (see :mod:`shapeqc.transforms.canonical_grid`); every key is then
     resampled into the same grid. Outputs are channel-first: (1, R, R, R) uint8 for binary keys, float32
     otherwise. The plan is stored as a plain dict under ``grid_key`` (:meth:`CanonicalGrid.to_dict`).
 

@@ -4,10 +4,10 @@ Accepted sources:
 
 - a binary NIfTI mask (values 0/1); an organ name, if given, just says which organ it is;
 - a multi-label NIfTI map (TotalSegmentator v1 or v2 class map) with an organ name, e.g. ``adrenal_gland_left``;
-  the map version is detected (see :mod:`transforms.class_maps`) or given as ``map_version``;
+  the map version is detected (see :mod:`shapeqc.transforms.class_maps`) or given as ``map_version``;
 - a TotalSegmentator output folder holding one binary ``<organ>.nii.gz`` per organ, with an organ name; the
   file may also be NRRD and carry another source's name for the organ (``Parotid-Lt.nrrd``, see
-  :data:`transforms.class_maps.ORGAN_FILE_ALIASES`);
+  :data:`shapeqc.transforms.class_maps.ORGAN_FILE_ALIASES`);
 - a dataset label map whose labels, all of them, make up one organ (MSD hippocampus: 1 anterior, 2 posterior),
   with ``labels`` naming them;
 - an AdrenalMNIST3D-style ``.npz`` file with an array name and index (MedMNIST stores masks as 0/255);
@@ -25,8 +25,8 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from transforms.class_maps import MAP_VERSIONS, class_map, detect_map_version, label_of, organ_file_stems
-from transforms.errors import (
+from shapeqc.transforms.class_maps import MAP_VERSIONS, class_map, detect_map_version, label_of, organ_file_stems
+from shapeqc.transforms.errors import (
     EmptyMaskError,
     MissingFileError,
     NonBinaryMaskError,
@@ -34,7 +34,7 @@ from transforms.errors import (
     UnknownOrganError,
     UnreadableImageError,
 )
-from transforms.volume_io import (
+from shapeqc.transforms.volume_io import (
     binary_mask,
     read_label_names,
     read_volume,
@@ -89,7 +89,7 @@ def load_organ_mask(
     | "array", "map_version": "v1" | "v2" | "" (not a label map), "label": int (0: not a label map)}``; no None values,
     so batches of items collate.
 
-    Raises one of the :mod:`transforms.errors` types, naming the file.
+    Raises one of the :mod:`shapeqc.transforms.errors` types, naming the file.
     """
     if isinstance(source, np.ndarray):
         if affine is None:

@@ -11,8 +11,8 @@ import numpy as np
 from monai.config import KeysCollection
 from scipy.spatial.transform import Rotation
 
-from transforms.canonical_grid import organ_world_bounds, resample_trilinear
-from transforms.corruption import InPlaceGridTransform
+from shapeqc.transforms.canonical_grid import organ_world_bounds, resample_trilinear
+from shapeqc.transforms.corruption import InPlaceGridTransform
 
 
 def acquisition_affine(

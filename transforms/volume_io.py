@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transforms.errors import (
+from shapeqc.transforms.errors import (
     AffineMismatchError,
     InvalidAffineError,
     MissingFileError,
@@ -105,7 +105,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         MissingFileError, UnreadableImageError, NotVolumeError, NaNValuesError, InvalidAffineError.
     """
-    import nibabel as nib  # lazy: keeps `import transforms` fast
+    import nibabel as nib  # lazy: keeps `import shapeqc.transforms` fast
 
     path = Path(path)
     if not path.exists():

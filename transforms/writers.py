@@ -9,8 +9,8 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from transforms.canonical_grid import CanonicalGrid
-from transforms.volume_io import write_volume
+from shapeqc.transforms.canonical_grid import CanonicalGrid
+from shapeqc.transforms.volume_io import write_volume
 
 
 class SaveSourceSpaced(MapTransform):

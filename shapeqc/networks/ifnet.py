@@ -7,7 +7,7 @@ between scales). Features for each query point are sampled (``grid_sample``, bor
 grid and from every scale at the point and its 6 axis neighbours, at ``displacement_voxels`` voxels of the
 input grid. Decoder: 1x1 ``Conv1d`` layers (``2 * hidden``, ``hidden``, ``hidden``, 1) to one logit per point.
 
-Points are (B, N, 3) grid coordinates in [-1, 1] in array axis order (see ``transforms.coordinates``);
+Points are (B, N, 3) grid coordinates in [-1, 1] in array axis order (see ``shapeqc.transforms.coordinates``);
 ``grid_sample`` wants (x, y, z) = (W, H, D), so they are flipped here and nowhere else.
 """
 

@@ -1,0 +1,103 @@
+"""Thresholds and decisions: the one owner of "which way is worse", the quantile rule and threshold profiles.
+
+A bundle's ``configs/thresholds.json`` holds ``{"profiles": [profile, ...]}``; a profile is
+``{"spacing_mm": [x, y, z] | null, "metrics": {metric: {"threshold", "worse_when", "enabled",
+"leave_one_out_fpr"}}, "target_fpr", ...}``, written by :mod:`shapeqc.calibration`. Every rule that reads or
+writes those numbers lives here: the calibration sets thresholds with :func:`threshold_at`, analysis picks a
+profile with :func:`select_profile` and judges with :func:`decide`, and the benchmarks orient scores with
+:func:`badness`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("dice", "asd_mm", "hd95_mm", "max_sd_mm")
+# the direction in which a score is worse: Dice falls, distances grow (the default when a profile says nothing)
+WORSE_WHEN = {"dice": "below", "asd_mm": "above", "hd95_mm": "above", "max_sd_mm": "above"}
+
+
+def is_worse(value, limit, worse_when: str):
+    """Whether ``value`` (scalar or array) lies past ``limit`` in the ``worse_when`` direction ("below" /
+    "above"); ties are not worse."""
+    if worse_when not in ("below", "above"):
+        raise ValueError(f"worse_when must be 'below' or 'above', got {worse_when!r}")
+    return np.less(value, limit) if worse_when == "below" else np.greater(value, limit)
+
+
+def badness(metric: str, values, worse_when: str | None = None) -> np.ndarray:
+    """Scores (N,) oriented so that larger is worse (a metric worse below, such as Dice, is negated); for ROC
+    curves and AUROCs. ``worse_when`` defaults to :data:`WORSE_WHEN`, "above" for a metric it does not know."""
+    values = np.asarray(values, dtype=float)
+    direction = worse_when or WORSE_WHEN.get(metric, "above")
+    return -values if direction == "below" else values
+
+
+def threshold_at(values, target_fpr: float, worse_when: str) -> float:
+    """The threshold flagging ``target_fpr`` of the clean ``values`` (N,): their ``target_fpr`` quantile for a
+    metric worse below it (Dice), their ``1 - target_fpr`` quantile otherwise (surface distances, mm)."""
+    quantile = target_fpr if worse_when == "below" else 1.0 - target_fpr
+    return float(np.quantile(np.asarray(values, float), quantile))
+
+
+def leave_one_out_fpr(values, target_fpr: float, worse_when: str) -> float:
+    """The false-positive rate to expect of :func:`threshold_at` on a clean case it was not set on: every clean
+    case of ``values`` (N,), N >= 2, judged against the threshold set on the other N - 1. The rate on the cases
+    the threshold was set on is the target by construction; this one is what a new clean organ from the same
+    population sees."""
+    values = np.asarray(values, float)
+    flagged = sum(bool(is_worse(value, threshold_at(np.delete(values, index), target_fpr, worse_when), worse_when))
+                  for index, value in enumerate(values))
+    return flagged / len(values)
+
+
+def metric_rule(values, target_fpr: float, metric: str, enabled: bool) -> dict:
+    """One metric's entry of a profile, set on the clean ``values`` (N,)."""
+    worse_when = WORSE_WHEN[metric]
+    rule = {"threshold": threshold_at(values, target_fpr, worse_when), "worse_when": worse_when,
+            "enabled": bool(enabled)}
+    if len(values) >= 2:
+        rule["leave_one_out_fpr"] = leave_one_out_fpr(values, target_fpr, worse_when)
+    return rule
+
+
+def load_thresholds(bundle_dir: str | os.PathLike) -> dict | None:
+    """A bundle's ``configs/thresholds.json`` (None when the bundle is uncalibrated)."""
+    path = Path(bundle_dir) / "configs" / "thresholds.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def select_profile(thresholds: dict | None, spacing_mm) -> dict | None:
+    """The calibration profile nearest to an input's voxel spacing ``spacing_mm`` (3,) in mm.
+
+    Distance: the sum of |log ratio| over the sorted spacings; a profile "as given" (spacing None) stands for
+    the calibration data's own spacing, taken as 1 mm isotropic.
+    """
+    if not thresholds:
+        return None
+    profiles = thresholds.get("profiles") or [thresholds]
+    target = np.sort(np.asarray(spacing_mm, dtype=float))
+
+    def distance(profile):
+        reference = np.sort(np.asarray(profile.get("spacing_mm") or (1.0, 1.0, 1.0), dtype=float))
+        return float(np.sum(np.abs(np.log(target / reference))))
+
+    return min(profiles, key=distance)
+
+
+def decide(scores: dict, profile: dict | None) -> tuple[bool | None, list[str]]:
+    """(outlier?, metrics past their threshold) of ``scores`` {metric: value} under a profile; None without one.
+
+    Each enabled metric is judged in the direction its profile entry stores (``worse_when``), so a calibration
+    may orient a new metric either way; an entry without it takes :data:`WORSE_WHEN`.
+    """
+    if not profile:
+        return None, []
+    past = [metric for metric, rule in profile.get("metrics", {}).items()
+            if rule.get("enabled", False)
+            and is_worse(scores[metric], rule["threshold"], rule.get("worse_when") or WORSE_WHEN[metric])]
+    return bool(past), past
