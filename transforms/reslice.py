@@ -73,7 +73,7 @@ class RandAcquisitionResliced(InPlaceGridTransform):
     input, both the input and the targets carry the acquisition's look, so the prior learns that it is a
     plausible organ. Not a corruption: no QC family. Measured effect (adrenal variant 0.3.0, not shipped): the
     CT threshold recovers, but the prior also accepts thicker glands; see
-    ``benchmarks/results/variant_failure_mode_finetune.md``.
+    ``docs/history.md``.
 
     Args:
         keys: binary grids (R, R, R) or (1, R, R, R), replaced in place.
