@@ -3,7 +3,7 @@
 The shipped score is Dice(input, reconstruction) with the reconstruction's occupancy thresholded at 0.5. The
 prior's soft occupancy holds more: where it is unsure whether to add the part a plane cut removed, the
 probabilities rise without crossing 0.5. Scored here in the canonical grid, on the benchmark's clean val masks
-and its seeded corruptions (``qc_quality.corrupted_cases``, same seeds, so the cases are the benchmark's):
+and its seeded corruptions (``shapeqc.evaluation.protocol.corrupted_cases``, same seeds: the benchmark's cases):
 
 - ``dice``: Dice(input, occupancy > 0.5), the shipped score (in the grid rather than mapped back to the input);
 - ``soft_dice``: 2 sum(p m) / (sum(p) + sum(m)) with the occupancy probabilities p;
@@ -75,10 +75,11 @@ def variant_scores(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qc_quality import corrupted_cases, display_path, load_masks, swaps_in_place
+    from qc_quality import display_path
 
     from shapeqc.bundles import bundle_datalist, load_bundle
-    from shapeqc.calibration import auroc
+    from shapeqc.evaluation.protocol import corrupted_cases, load_masks, swaps_in_place
+    from shapeqc.evaluation.statistics import auroc
     from shapeqc.thresholds import badness as oriented
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,32 +24,25 @@ import numpy as np
 
 from shapeqc.analysis import score_organ
 from shapeqc.bundles import Bundle, load_bundle
+from shapeqc.evaluation import corruptions
+from shapeqc.evaluation.statistics import auroc, roc_points
 from shapeqc.thresholds import METRICS, badness, is_worse, metric_rule
-from shapeqc.transforms.corruption import RandPatchCorruptiond, RandPerlinCorruptiond, stable_seed
+from shapeqc.transforms.corruption import stable_seed
 from shapeqc.transforms.organ_loading import load_organ_mask
 from shapeqc.transforms.reslice import reslice_mask
 
-
-def corruption_families() -> dict:
-    """Seeded-per-case corruptions used for calibration (name -> transform on key "mask")."""
-    return {
-        "perlin_add": RandPerlinCorruptiond("mask", add_prob=1.0, remove_prob=0.0, seed_key="case_id", base_seed=11),
-        "perlin_remove": RandPerlinCorruptiond("mask", add_prob=0.0, remove_prob=1.0, seed_key="case_id",
-                                               base_seed=12),
-        "cube": RandPatchCorruptiond("mask", prob=1.0, size_range=(0.3, 0.6), seed_key="case_id", base_seed=13),
-    }
+# the calibration's corruptions, by name from the one family registry (shapeqc.evaluation.corruptions) at one
+# severity each: what the family report of docs/calibration_*.json shows beside the thresholds
+CALIBRATION_FAMILIES = {"perlin_add": {"strength": 0.6}, "perlin_remove": {"strength": 0.6},
+                        "cube_add": {"fraction": 0.3}, "cube_remove": {"fraction": 0.3}}
 
 
-def auroc(positives, negatives) -> float:
-    """Area under the ROC curve for 'positives (P,) score higher than negatives (N,)', ties counted half:
-    MONAI's ``compute_roc_auc``, which equals the Mann-Whitney U statistic over P * N."""
-    import torch
-    from monai.metrics import compute_roc_auc
+def corrupted_for_calibration(mask: np.ndarray, case_id: str, family: str) -> np.ndarray:
+    """``mask`` (D, H, W) bool corrupted by the registry's ``family`` at its calibration severity, seeded by the
+    case id and the family (the same case always gets the same corruption)."""
+    generate, _ = corruptions.FAMILIES[family]
+    return generate(mask, stable_seed(f"{case_id}/{family}/calibration", 2024), **CALIBRATION_FAMILIES[family])
 
-    positives, negatives = np.asarray(positives, float).ravel(), np.asarray(negatives, float).ravel()
-    scores = torch.from_numpy(np.concatenate([positives, negatives]))
-    labels = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))])
-    return float(compute_roc_auc(scores, labels))
 
 def score_case(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
     return score_organ(bundle, mask, affine, organ, {})[1]
@@ -79,9 +72,8 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     """
     bundle = bundle or load_bundle(bundle_dir, device, refine_steps=refine_steps)
     organ = organ or (bundle.organs[0] if bundle.organs else "")
-    families = corruption_families()
-    clean_scores, family_scores = [], {name: [] for name in families}
-    volume_change = {name: [] for name in families}
+    clean_scores, family_scores = [], {name: [] for name in CALIBRATION_FAMILIES}
+    volume_change = {name: [] for name in CALIBRATION_FAMILIES}
     start = time.perf_counter()
     for item in items:
         mask, affine, _ = load_organ_mask(item["mask"], organ=item.get("organ"), affine=item.get("affine"),
@@ -92,9 +84,9 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
         # the item's own organ decides mirroring (left and right glands of one bundle); ``organ`` otherwise
         item_organ = item.get("organ") or organ
         clean_scores.append(score_case(bundle, mask, affine, item_organ))
-        for name, corrupt in families.items():
-            corrupted = corrupt({"mask": mask.astype(np.uint8), "case_id": item["case_id"]})["mask"] > 0
-            volume_change[name].append(float((corrupted != mask).sum() / mask.sum()))
+        for name in CALIBRATION_FAMILIES:
+            corrupted = corrupted_for_calibration(mask, item["case_id"], name)
+            volume_change[name].append(corruptions.volume_change(mask, corrupted))
             family_scores[name].append(score_case(bundle, corrupted, affine, item_organ))
     metrics = {}
     for metric in METRICS:
@@ -155,10 +147,7 @@ def plot_roc(report: dict, out_path: Path) -> Path:
     for axis, metric in zip(axes, METRICS, strict=True):
         negatives = badness(metric, [s[metric] for s in clean])
         for name, scores in report["family_scores"].items():
-            positives = badness(metric, [s[metric] for s in scores])
-            cuts = np.unique(np.concatenate([positives, negatives, [np.inf]]))[::-1]
-            tpr = [(positives >= c).mean() for c in cuts]
-            fpr = [(negatives >= c).mean() for c in cuts]
+            fpr, tpr = roc_points(badness(metric, [s[metric] for s in scores]), negatives)
             auc = report["families"][name]["metrics"][metric]["auroc"]
             axis.plot(fpr, tpr, label=f"{name} (AUROC {auc:.2f})")
         axis.axvline(report["thresholds"]["target_fpr"], color="0.6", ls="--", lw=0.8)

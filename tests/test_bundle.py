@@ -173,7 +173,7 @@ def test_evaluating_and_inference_configs_run_on_the_trained_copy(trained_copy, 
     assert [p["spacing_mm"] for p in profiles] == [None, [0.8, 0.8, 2.5]]
     assert all(p["clean_cases"] == 2 and 0.0 <= p["metrics"]["dice"]["threshold"] <= 1.0 for p in profiles)
     report = json.loads((root / "docs" / "calibration_as_given.json").read_text())
-    assert set(report["families"]) == {"perlin_add", "perlin_remove", "cube"}
+    assert set(report["families"]) == {"perlin_add", "perlin_remove", "cube_add", "cube_remove"}
     # the rate a clean case outside the calibration meets is recorded with the threshold, from the same scores
     assert profiles[0]["metrics"]["dice"]["leave_one_out_fpr"] == leave_one_out_fpr(
         [s["dice"] for s in report["clean_scores"]], 0.05, "below")

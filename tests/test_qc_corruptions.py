@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from shapeqc import qc_corruptions as qc
+from shapeqc.evaluation import corruptions as qc
 
 
 @pytest.fixture(scope="module")
@@ -204,18 +204,9 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     assert f"(leave one out, the rate a new clean organ meets): {loo:.3f}" in shipped_table
 
 
-def _benchmark_module():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import qc_quality
-
-    return qc_quality
-
 
 def test_the_combined_score_puts_each_part_on_its_clean_scale_and_takes_the_larger():
-    qc_quality = _benchmark_module()
+    from shapeqc.evaluation import statistics as qc_quality
     dice = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.91, 0.90, 0.89]
     clean = [{"shapeqc_dice": d, "B_descriptors": float(b)} for d, b in zip(dice, range(11), strict=True)]
     dice_median, dice_span = qc_quality.clean_scale("shapeqc_dice", clean)
@@ -232,7 +223,8 @@ def test_the_combined_score_puts_each_part_on_its_clean_scale_and_takes_the_larg
 
 
 def test_a_clean_case_is_put_on_the_other_clean_cases_scale():
-    qc_quality = _benchmark_module()
+    from shapeqc.evaluation import statistics as qc_quality
+
     rng = np.random.default_rng(0)
     clean = [{"shapeqc_dice": float(d), "B_descriptors": float(b)}
              for d, b in zip(rng.uniform(0.9, 1.0, 12), rng.uniform(0, 10, 12), strict=True)]
@@ -297,14 +289,11 @@ def test_the_ct_profile_benchmark_corrupts_re_sliced_masks_and_uses_that_profile
 
 
 def test_benchmark_masks_re_sliced_for_a_ct_profile_keep_room_for_corruptions(adrenal_npz):
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "benchmarks"))
-    from qc_quality import load_masks
-
     from shapeqc.bundles import bundle_datalist
+    from shapeqc.evaluation.protocol import load_masks
 
     items = bundle_datalist(root / "bundles" / "adrenal_gland", str(adrenal_npz.parents[1]), "validate#datalist")[:2]
     as_given = load_masks(items, None)
@@ -322,14 +311,11 @@ def test_benchmark_masks_re_sliced_for_a_ct_profile_keep_room_for_corruptions(ad
 def test_a_ct_profile_swap_is_re_sliced_like_the_clean_mask(adrenal_npz):
     """With one case the donor is the case itself: its swap on the acquisition grid is exactly its clean mask there,
     and with two cases each swap is the other gland, re-sliced onto this case's grid."""
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "benchmarks"))
-    from qc_quality import load_masks, on_acquisition_grids, organ_swaps_in_place, swaps_in_place
-
     from shapeqc.bundles import bundle_datalist
+    from shapeqc.evaluation.protocol import load_masks, on_acquisition_grids, organ_swaps_in_place, swaps_in_place
 
     items = bundle_datalist(root / "bundles" / "adrenal_gland", str(adrenal_npz.parents[1]), "validate#datalist")[:2]
     as_given, acquired = load_masks(items, None), load_masks(items, None, (0.8, 0.8, 2.5))
@@ -350,9 +336,22 @@ def test_a_ct_profile_swap_is_re_sliced_like_the_clean_mask(adrenal_npz):
 
 
 def test_a_swap_family_without_its_masks_in_place_is_refused_by_name(masks):
-    qc_quality = _benchmark_module()
+    from shapeqc.evaluation import protocol as qc_quality
+
     clean = [("case_0", masks[0], np.eye(4), "")]
     with pytest.raises(ValueError, match="'swap_organ' needs its masks put in place"):
         qc_quality.corrupted_cases(clean, ["hole", "swap_organ"], {"swap": [masks[1]]})
     cases = qc_quality.corrupted_cases(clean, ["swap"], {"swap": [masks[1]]})
     assert len(cases) == 1 and np.array_equal(cases[0]["mask"], masks[1]) and cases[0]["family"] == "swap"
+
+
+def test_training_transforms_name_families_of_the_one_registry():
+    """The corruption transforms say which benchmark families they train (``families``); every name is a family of
+    the one registry, and the calibration's families come from it too."""
+    from shapeqc import transforms
+    from shapeqc.calibration import CALIBRATION_FAMILIES
+
+    named = [f for name in transforms.__all__ for f in getattr(getattr(transforms, name), "families", ())]
+    assert len(named) >= 8
+    assert set(named) <= set(qc.FAMILIES)
+    assert set(CALIBRATION_FAMILIES) <= set(qc.FAMILIES)

@@ -1,0 +1,241 @@
+"""The QC benchmark's protocol: real clean masks, seeded corruptions and swaps of them, and every method's score.
+
+Clean cases are real masks the bundle never trained on (its ``validate#datalist``); corrupted cases are every
+family of :mod:`shapeqc.evaluation.corruptions` at each severity, seeded per case, family and severity, plus two
+swaps: ``swap`` (another val subject's organ in place) and ``swap_organ`` (another organ's real shape scaled to the
+organ's volume). Every case is scored by shapeqc's four metrics (through the bundle's own pipeline) and by the
+baselines of :mod:`shapeqc.evaluation.baselines` fitted on the training split. ``benchmarks/qc_quality.py`` is
+the command; :mod:`shapeqc.evaluation.statistics` turns the scores into tables.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shapeqc.evaluation import corruptions as qc
+
+SHAPEQC = {"shapeqc_dice": "dice", "shapeqc_asd": "asd_mm", "shapeqc_hd95": "hd95_mm", "shapeqc_max_sd": "max_sd_mm"}
+SCORED = (*SHAPEQC, "A_volume_z", "B_descriptors", "C_linear_ssm", "D_nearest_dice", "E_rules")
+SWAPS = ("swap", "swap_organ")  # families made from other masks, not by a generator of the corruption registry
+
+
+def crop_with_margin(mask: np.ndarray, affine: np.ndarray, margin: int = 12,
+                     largest_side: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The organ's box grown by ``margin`` voxels (zero-padded past the array), with its affine, for arrays with a
+    side above ``largest_side``: corruptions of a CT organ then work on a small array instead of the whole
+    512 x 512 x N scan; small crops (AdrenalMNIST3D, MSD) stay as they are."""
+    if max(mask.shape) <= largest_side:
+        return mask, affine
+    found = np.argwhere(mask)
+    low, high = found.min(0) - margin, found.max(0) + margin + 1
+    pad = [(max(0, -lo), max(0, hi - n)) for lo, hi, n in zip(low, high, mask.shape, strict=True)]
+    padded = np.pad(mask, pad)
+    start = low + np.array([p[0] for p in pad])
+    crop = padded[tuple(slice(a, a + (hi - lo)) for a, lo, hi in zip(start, low, high, strict=True))]
+    shifted = affine.copy()
+    shifted[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
+    return np.ascontiguousarray(crop), shifted
+
+
+def load_masks(items: list[dict], limit: int | None,
+               spacing_mm: tuple[float, float, float] | None = None) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """(case id, mask (D, H, W) bool cropped around the organ, affine (4, 4) RAS, organ) per datalist item; with
+    ``spacing_mm``, re-sliced as acquired at that voxel size (tilt seeded by the case id, 12 voxels of room)."""
+    from shapeqc.calibration import acquisition
+    from shapeqc.transforms.organ_loading import LoadOrganMaskd
+
+    load = LoadOrganMaskd("mask")
+    masks = []
+    for item in items[:limit] if limit else items:
+        loaded = load(dict(item))
+        mask, affine = crop_with_margin(loaded["mask"] > 0, loaded["affine"])
+        case = item["case_id"] if not item.get("organ") or "/" in str(item["case_id"]) else (
+            f"{item['case_id']}/{item['organ']}")
+        if spacing_mm is not None:
+            resliced, affine = acquisition(mask, affine, spacing_mm, str(item["case_id"]), pad_voxels=12)
+            mask = resliced > 0
+        masks.append((case, mask, affine, str(item.get("organ") or "")))
+    return masks
+
+
+def canonical(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> np.ndarray:
+    return np.asarray(bundle.to_grid({"mask": mask.astype(np.uint8), "affine": affine,
+                                      "organ": organ})["mask"])[0] > 0.5
+
+
+def corrupted_cases(clean, families: list[str], swaps: dict[str, list[np.ndarray]]) -> list[dict]:
+    """Every family's seeded corruptions of every clean case; ``swaps[family][i]``: that swap family's mask for case
+    i, in its grid (:func:`swaps_in_place`, :func:`organ_swaps_in_place`, :func:`on_acquisition_grids`)."""
+    from shapeqc.transforms.corruption import stable_seed
+
+    cases = []
+    for index, (case_id, mask, affine, organ) in enumerate(clean):
+        for family in families:
+            if family in SWAPS:
+                if family not in swaps:
+                    raise ValueError(f"family {family!r} needs its masks put in place first ({SWAPS}: "
+                                     "swaps_in_place, organ_swaps_in_place)")
+                variants = [(family, {}, swaps[family][index])]
+            else:
+                generate, severities = qc.FAMILIES[family]
+                variants = []
+                for level, kwargs in enumerate(severities):
+                    seed = stable_seed(f"{case_id}/{family}/{level}", 2024)
+                    try:
+                        variants.append((f"{family}", kwargs, generate(mask, seed, **kwargs)))
+                    except ValueError:
+                        continue  # e.g. no room for an island in this crop
+            for name, kwargs, corrupted in variants:
+                cases.append({"case": case_id, "family": name, "params": kwargs, "mask": corrupted,
+                              "affine": affine, "clean": mask, "organ": organ,
+                              "volume_change": qc.volume_change(mask, corrupted),
+                              "true_dice": float(2 * (corrupted & mask).sum() / max(corrupted.sum() + mask.sum(), 1))})
+    return cases
+
+
+def swap_donors(clean) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(mask, affine) of each clean case's swap donor: the next val subject with the same organ (training shapes
+    would hand baselines C and D a perfect match)."""
+    donors = []
+    for index, (_, _, _, organ) in enumerate(clean):
+        same = [c for c in clean[index + 1:] + clean[:index] if c[3] == organ] or [clean[index]]
+        donors.append((same[0][1], same[0][2]))
+    return donors
+
+
+def swaps_in_place(clean) -> list[np.ndarray]:
+    """Each clean case's donor gland (:func:`swap_donors`) on the case's own grid, centroids matched."""
+    swaps = []
+    for (_, mask, affine, _), (donor, donor_affine) in zip(clean, swap_donors(clean), strict=True):
+        same_grid = donor.shape == mask.shape and np.allclose(donor_affine, affine)
+        swaps.append(qc.swapped(mask, 0, donor) if same_grid else qc.swapped(mask, 0, donor, affine, donor_affine))
+    return swaps
+
+
+def organ_swaps_in_place(clean, donors) -> list[np.ndarray]:
+    """Each clean case's organ replaced by another organ's real shape: ``donors[i % len(donors)]`` (as
+    :func:`load_masks` returns them), scaled about its centroid to the case's volume in mm^3 and centred on it, so
+    that only the shape differs."""
+    return [qc.swapped(mask, 0, donors[index % len(donors)][1], affine, donors[index % len(donors)][2],
+                       match_volume=True) for index, (_, mask, affine, _) in enumerate(clean)]
+
+
+def organ_swap_source(bundle_dir: Path, bundles_root: Path | None = None) -> Path:
+    """The bundle whose val masks are the other organ of ``swap_organ``: the hippocampus bundle (real 1 mm masks
+    of about an adrenal gland's volume), the adrenal bundle for the hippocampus bundle itself; looked up in
+    ``bundles_root`` (default: the folder holding ``bundle_dir``)."""
+    other = "adrenal_gland" if Path(bundle_dir).name == "hippocampus" else "hippocampus"
+    return Path(bundles_root or Path(bundle_dir).resolve().parent) / other
+
+
+def on_acquisition_grids(placed, clean_as_given, clean_acquired) -> list[np.ndarray]:
+    """A swap for the ``--spacing`` benchmark: ``placed[i]``, the donor put in place on case i's 1 mm grid
+    (:func:`swaps_in_place`, :func:`organ_swaps_in_place` of ``clean_as_given``), re-sliced onto the case's
+    acquisition grid the way its clean mask was (trilinear, 0.5). Swapping two re-sliced masks with each other
+    would resample one acquisition onto another, a staircase no real segmentation has."""
+    from shapeqc.transforms.canonical_grid import resample_trilinear
+
+    swaps = []
+    for swapped, (_, _, affine, _), (_, mask, acquired_affine, _) in zip(
+            placed, clean_as_given, clean_acquired, strict=True):
+        to_as_given = np.linalg.inv(affine) @ acquired_affine
+        swaps.append(resample_trilinear(swapped.astype(np.float32), to_as_given, mask.shape) >= 0.5)
+    return swaps
+
+
+def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
+    from shapeqc.analysis import score_organ
+    from shapeqc.evaluation.baselines import shape_descriptors, volume_ml
+
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    scores: dict = {}
+    try:
+        _, shape_scores = score_organ(bundle, mask, affine, organ, {})
+        scores.update({method: shape_scores[metric] for method, metric in SHAPEQC.items()})
+        scores["shapeqc_status"] = "judged"
+    except Exception as error:  # truncated or empty: shapeqc reports it (not_judged), counted as flagged
+        scores.update({method: (-np.inf if metric == "dice" else np.inf) for method, metric in SHAPEQC.items()})
+        scores["shapeqc_status"] = f"not judged: {type(error).__name__}"
+    volume = volume_ml(mask, voxel_ml)
+    scores["A_volume_z"] = baselines["A"].score(volume)
+    scores["B_descriptors"] = baselines["B"].score(shape_descriptors(mask))
+    try:
+        grid = canonical(bundle, mask, affine, organ)
+        scores["C_linear_ssm"] = baselines["C"].score(grid)
+        scores["D_nearest_dice"] = baselines["D"].score(grid)
+    except Exception:
+        scores["C_linear_ssm"] = scores["D_nearest_dice"] = np.inf
+    scores["E_rules"] = baselines["E"].score(mask, voxel_ml)
+    return scores
+
+
+def score_run(bundle_dir: Path, data: str, cases: int | None = 30, train_limit: int | None = 400,
+              families: str = "all", spacing: tuple[float, float, float] | None = None,
+              swap_organ_from: Path | None = None) -> dict:
+    """Builds the cases and scores every one of them with every method of :data:`SCORED` (the slow part).
+
+    ``families``: "all" (every registry family and both swaps) or comma-separated names; ``spacing``: re-slice
+    every mask as a CT acquisition at this voxel size (mm) first; ``swap_organ_from``: the bundle whose val
+    masks are the other organ (default :func:`organ_swap_source`)."""
+    from shapeqc.bundles import bundle_datalist, load_bundle
+    from shapeqc.evaluation.baselines import (
+        DescriptorMahalanobis,
+        LinearShapeModel,
+        NearestNeighbourDice,
+        ScreeningRules,
+        VolumeZScore,
+        shape_descriptors,
+        volume_ml,
+    )
+
+    bundle_dir = Path(bundle_dir)
+    spacing = tuple(spacing) if spacing else None
+    started = time.perf_counter()
+    family_names = [*qc.FAMILIES, *SWAPS] if families == "all" else families.split(",")
+
+    bundle = load_bundle(bundle_dir)
+    trained_families = list(bundle.metadata.get("training_corruptions", qc.TRAINED_FAMILIES))
+    train = load_masks(bundle_datalist(bundle_dir, data, "train#datalist"), train_limit, spacing)
+    voxel_ml = [float(abs(np.linalg.det(a[:3, :3]))) / 1000.0 for _, _, a, _ in train]
+    volumes = [volume_ml(m, v) for (_, m, _, _), v in zip(train, voxel_ml, strict=True)]
+    grids = np.stack([canonical(bundle, m, a, o) for _, m, a, o in train])
+    baselines = {"A": VolumeZScore().fit(volumes),
+                 "B": DescriptorMahalanobis().fit(np.stack([shape_descriptors(m) for _, m, _, _ in train])),
+                 "C": LinearShapeModel().fit(grids), "D": NearestNeighbourDice().fit(grids),
+                 "E": ScreeningRules().fit(volumes)}
+    val_items = bundle_datalist(bundle_dir, data, "validate#datalist")
+    clean = load_masks(val_items, cases, spacing)
+    # swaps are put in place on the masks as given (1 mm), then acquired like the clean mask
+    as_given = load_masks(val_items, cases) if spacing else clean
+    swap_organ_from = Path(swap_organ_from or organ_swap_source(bundle_dir))
+    placed = {}
+    if "swap" in family_names:
+        placed["swap"] = swaps_in_place(as_given)
+    if "swap_organ" in family_names:
+        donors = load_masks(bundle_datalist(swap_organ_from, data, "validate#datalist"), None)
+        placed["swap_organ"] = organ_swaps_in_place(as_given, donors)
+    swaps = {family: on_acquisition_grids(masks, as_given, clean) if spacing else masks
+             for family, masks in placed.items()}
+    corrupted = corrupted_cases(clean, family_names, swaps)
+    clean_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in clean]
+    for case in corrupted:
+        case["scores"] = score_all(bundle, baselines, case["mask"], case["affine"], case["organ"])
+    # a real "plausible but different" set where the bundle has one (another rater's masks of the val scans)
+    plausible = load_masks(bundle_datalist(bundle_dir, data, "plausible#datalist"), cases, spacing)
+    plausible_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in plausible]
+
+    return {"bundle": str(bundle_dir.name), "spacing_mm": list(spacing) if spacing else None,
+            "swap_organ_from": swap_organ_from.name if "swap_organ" in family_names else None,
+            "trained_families": trained_families, "train_masks": len(train),
+            "seconds": round(time.perf_counter() - started, 1),
+            # every score of every case, so other scores can be studied without re-running the reconstructions
+            "clean_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(clean, clean_scores,
+                                                                                        strict=True)],
+            "corrupted_scores": [{k: c[k] for k in ("case", "family", "params", "volume_change", "true_dice",
+                                                    "scores")} for c in corrupted],
+            "plausible_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(plausible,
+                                                                                            plausible_scores,
+                                                                                            strict=True)]}

@@ -1,0 +1,198 @@
+"""Statistics of the QC benchmark and the calibration: AUROC, oriented scores, combined scores, intervals, tables.
+
+Definitions follow the libraries where they are the same: AUROC is MONAI's ``compute_roc_auc`` (the Mann-Whitney
+U statistic, ties counted half), the false-positive rate's interval is scipy's Wilson interval
+(``binomtest(...).proportion_ci(method="wilson")``), correlations are scipy's. A method's threshold in the tables
+is its 95th percentile of badness on the clean cases (5% false positives), as the calibration's quantile rule
+(:func:`shapeqc.thresholds.threshold_at`) sets the shipped one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from shapeqc.evaluation.protocol import SCORED
+
+# scores made of two scored ones, each put on the scale of its own clean cases (median -> 0, 95th percentile -> 1)
+# and the larger taken: flagged when either part is past its 5% cut. Fixed before looking at corrupted cases.
+COMBINED = {"shapeqc_dice_or_B": ("shapeqc_dice", "B_descriptors")}
+METHODS = (*SCORED, *COMBINED)
+
+
+def auroc(positives, negatives) -> float:
+    """Area under the ROC curve for 'positives (P,) score higher than negatives (N,)', ties counted half:
+    MONAI's ``compute_roc_auc``, which equals the Mann-Whitney U statistic over P * N."""
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    positives, negatives = np.asarray(positives, float).ravel(), np.asarray(negatives, float).ravel()
+    scores = torch.from_numpy(np.concatenate([positives, negatives]))
+    labels = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))])
+    return float(compute_roc_auc(scores, labels))
+
+
+def roc_points(positives, negatives) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rates, detection rates) of every cut on badness scores (larger = worse), for ROC plots."""
+    positives, negatives = np.asarray(positives, float), np.asarray(negatives, float)
+    cuts = np.unique(np.concatenate([positives, negatives, [np.inf]]))[::-1]
+    return (np.array([(negatives >= c).mean() for c in cuts]), np.array([(positives >= c).mean() for c in cuts]))
+
+
+def wilson_interval(flagged: int, cases: int) -> tuple[float, float]:
+    """95% Wilson score interval of a rate ``flagged / cases``: how far a false-positive rate measured on this many
+    clean cases can sit from the true one."""
+    from scipy.stats import binomtest
+
+    if cases == 0:
+        return 0.0, 1.0
+    interval = binomtest(int(flagged), int(cases)).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def badness(method: str, values) -> np.ndarray:
+    """A benchmark method's scores (N,) with larger = worse: shapeqc's Dice falls, every other score grows."""
+    from shapeqc.thresholds import badness as oriented
+
+    return oriented(method, values, "below" if method == "shapeqc_dice" else "above")
+
+
+def clean_scale(method: str, reference: list[dict]) -> tuple[float, float]:
+    """(median, 95th percentile - median) of ``method``'s badness over the finite clean scores ``reference``."""
+    values = badness(method, [s[method] for s in reference])
+    values = values[np.isfinite(values)]
+    median = float(np.median(values))
+    return median, max(float(np.quantile(values, 0.95)) - median, 1e-9)
+
+
+def add_combined_scores(clean_scores: list[dict], corrupted_scores: list[dict]) -> None:
+    """Adds each :data:`COMBINED` score to every score dict, in place. Cross-fitted: a clean case is put on the
+    scale of the other clean cases (leave one out), so that its own score does not set the scale it is judged by;
+    a corrupted case on the scale of all clean cases. Larger means more likely wrong."""
+    def combined(parts, scores, scales):
+        return max((badness(m, [scores[m]])[0] - scales[m][0]) / scales[m][1] for m in parts)
+
+    for name, parts in COMBINED.items():
+        # each reference set's scales computed once: the other clean cases per clean case, all of them otherwise
+        values = []
+        for i, scores in enumerate(clean_scores):
+            others = clean_scores[:i] + clean_scores[i + 1:]
+            values.append(combined(parts, scores, {m: clean_scale(m, others) for m in parts}))
+        for scores, value in zip(clean_scores, values, strict=True):
+            scores[name] = float(value)
+        all_clean = {m: clean_scale(m, clean_scores) for m in parts}
+        for scores in corrupted_scores:
+            scores[name] = float(combined(parts, scores, all_clean))
+
+
+def shipped_profile(bundle_dir: str | Path, spacing: list[float] | None, required: bool = True) -> dict | None:
+    """The threshold profile of ``bundle_dir/configs/thresholds.json`` that ``shapeqc analyse`` would apply to masks
+    of ``spacing`` (mm; None: 1 mm as given). Without one: ValueError naming the folder, or None if not
+    ``required``."""
+    from shapeqc.thresholds import load_thresholds, select_profile
+
+    profile = select_profile(load_thresholds(bundle_dir), tuple(spacing) if spacing else (1.0, 1.0, 1.0))
+    if profile is None and required:
+        raise ValueError(f"{bundle_dir}: no configs/thresholds.json; calibrate the bundle first")
+    return profile
+
+
+def shipped_fields(profile: dict | None) -> dict:
+    """The run's ``threshold_profile``, ``shipped_dice_threshold`` and the calibration's own figures for it (its
+    clean cases and the leave-one-out false-positive rate of its Dice threshold) from a :func:`shipped_profile`
+    (None without one, or for a calibration written before it recorded them: those figures are then left out)."""
+    dice = profile["metrics"]["dice"] if profile else {}
+    return {"threshold_profile": profile.get("spacing_mm") if profile else None,
+            "shipped_dice_threshold": dice.get("threshold"),
+            "calibration_clean_cases": profile.get("clean_cases") if profile else None,
+            "calibration_leave_one_out_fpr": dice.get("leave_one_out_fpr")}
+
+
+def tabulate(scored: dict) -> dict:
+    """Per family and severity, overall and quality-estimation summaries of :func:`score_run`'s scores (also of a
+    stored run's, ``--rescore``), with the :data:`COMBINED` scores added to every case."""
+    from scipy import stats
+
+
+    cases, shipped = scored["corrupted_scores"], scored["shipped_dice_threshold"]
+    clean_scores = [c["scores"] for c in scored["clean_scores"]]
+    plausible_scores = [c["scores"] for c in scored["plausible_scores"]]
+    add_combined_scores(clean_scores, [c["scores"] for c in cases] + plausible_scores)
+    cut = {m: np.quantile(badness(m, [s[m] for s in clean_scores]), 0.95) for m in METHODS}
+
+    def below_shipped(scores: list[dict]) -> float | None:
+        """Fraction of ``scores`` whose Dice falls below the shipped threshold (None: no threshold known)."""
+        return None if shipped is None else float(np.mean([s["shapeqc_dice"] < shipped for s in scores]))
+
+    clean_fpr_shipped = below_shipped(clean_scores)
+
+    def summary(selected: list[dict]) -> dict:
+        row = {"cases": len(selected), "volume_change": float(np.median([c["volume_change"] for c in selected]))}
+        for method in METHODS:
+            positives = badness(method, [c["scores"][method] for c in selected])
+            negatives = badness(method, [s[method] for s in clean_scores])
+            row[method] = {"auroc": auroc(positives, negatives), "detection": float(np.mean(positives > cut[method]))}
+        row["shapeqc_dice"]["detection_shipped"] = below_shipped([c["scores"] for c in selected])
+        return row
+
+    families = list(dict.fromkeys(c["family"] for c in cases))
+    table = {}
+    for family in families:
+        for params in sorted({json.dumps(c["params"], sort_keys=True) for c in cases if c["family"] == family}):
+            selected = [c for c in cases if c["family"] == family and json.dumps(c["params"], sort_keys=True) == params]
+            if selected:
+                table[f"{family} {params}"] = {"family": family, **summary(selected)}
+    moderate = [c for c in cases if c["volume_change"] >= 0.10]
+    overall = {"all corrupted": summary(cases)} if cases else {}
+    if moderate:
+        overall[">= 10% volume changed"] = summary(moderate)
+        unseen = [c for c in moderate if c["family"] not in scored["trained_families"]]
+        if unseen:
+            overall[">= 10% changed, families unseen in training"] = summary(unseen)
+    # the issue's headline: per family and severity with a median change of at least 10%, AUROC averaged with
+    # equal weight per row (the pooled row above weights families by their case counts)
+    moderate_rows = [name for name, entry in table.items() if entry["volume_change"] >= 0.10]
+    def mean_over(rows: list[str]) -> dict:
+        return {"rows": rows, **{m: float(np.mean([table[r][m]["auroc"] for r in rows])) for m in METHODS}}
+
+    family_mean = mean_over(moderate_rows) if moderate_rows else {}
+    # the same mean over the rows of runs before the organ swap was added, so that figures stay comparable
+    earlier_rows = [r for r in moderate_rows if table[r]["family"] != "swap_organ"]
+    family_mean_earlier = mean_over(earlier_rows) if earlier_rows and earlier_rows != moderate_rows else {}
+    predicted = np.array([c["scores"]["shapeqc_dice"] for c in cases], float)
+    true = np.array([c["true_dice"] for c in cases], float)
+    judged = np.isfinite(predicted)
+    estimation = {}
+    if judged.sum() > 2:
+        estimation = {
+            "cases": int(judged.sum()), "true_dice_range": [float(true[judged].min()), float(true[judged].max())],
+            "mae": float(np.mean(np.abs(predicted[judged] - true[judged]))),
+            "pearson": float(stats.pearsonr(predicted[judged], true[judged])[0]),
+            "spearman": float(stats.spearmanr(predicted[judged], true[judged])[0]),
+        }
+        below = true[judged] < 0.8
+        if below.any() and (~below).any():
+            estimation["auroc_true_dice_below_0.8"] = auroc(-predicted[judged][below], -predicted[judged][~below])
+    other = {}
+    if plausible_scores:
+        other = {"cases": len(plausible_scores),
+                 "fpr_at_shipped_threshold": below_shipped(plausible_scores)}
+        for method in METHODS:
+            values = badness(method, [s[method] for s in plausible_scores])
+            other[method] = {"fpr": float(np.mean(values > cut[method])),
+                             "auroc_vs_clean": auroc(values, badness(method, [s[method] for s in clean_scores]))}
+    return {key: scored[key] for key in ("bundle", "command", "spacing_mm", "threshold_profile")} | {
+        "clean_cases": len(clean_scores), "corrupted_cases": len(cases), "plausible_set": other,
+        "trained_families": scored["trained_families"], "train_masks": scored["train_masks"],
+        "shipped_dice_threshold": shipped, "clean_fpr_at_shipped_threshold": clean_fpr_shipped,
+        "clean_fpr_interval_95": (None if clean_fpr_shipped is None else wilson_interval(
+            round(clean_fpr_shipped * len(clean_scores)), len(clean_scores))),
+        **{key: scored[key] for key in ("calibration_clean_cases", "calibration_leave_one_out_fpr",
+                                        "swap_organ_from")},
+        "families": table, "overall": overall, "family_mean_moderate": family_mean,
+        "family_mean_moderate_without_organ_swap": family_mean_earlier,
+        "quality_estimation": estimation, "seconds": scored["seconds"],
+        **{key: scored[key] for key in ("clean_scores", "corrupted_scores", "plausible_scores", "rescored")
+           if key in scored}}
