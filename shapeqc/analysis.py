@@ -1,8 +1,8 @@
 """Analysis of one organ of one case: load, reconstruct with the bundle's shape prior, score, decide, localize.
 
-A record (plain dict, JSON-ready) has: ``case``, ``input``, ``organ``, ``bundle``, ``status`` ("ok", "outlier",
-"not_judged" with a ``reason``, or "error"), ``outlier`` (True/False/None), ``scores`` {dice, asd_mm, hd95_mm,
-max_sd_mm}, ``thresholds``, ``defects``, ``outputs`` (paths), ``timings`` (seconds per step) and ``seconds``.
+The result is a :class:`shapeqc.records.Record` (the schema every report reads). Before the prior, an organ far
+below the bundle's smallest training organ or in more parts than any training organ is an ``outlier`` with reason
+``implausible`` (bounds stored in thresholds.json by the calibration).
 """
 
 from __future__ import annotations
@@ -17,13 +17,19 @@ import torch
 from shapeqc.bundles import Bundle
 from shapeqc.defects import defect_components, difference_map
 from shapeqc.figures import write_overview, write_stl
+from shapeqc.records import Record, new_record
 from shapeqc.refinement import refined_network
 from shapeqc.surface_metrics import shape_scores
 from shapeqc.thresholds import decide, select_profile
 from shapeqc.transforms.canonical_grid import CanonicalGrid
-from shapeqc.transforms.errors import EmptyMaskError, SegmentationInputError, TruncatedOrganError
+from shapeqc.transforms.errors import (
+    EmptyMaskError,
+    OrganAbsentError,
+    SegmentationInputError,
+    TruncatedOrganError,
+)
 from shapeqc.transforms.organ_loading import check_organ_mask, load_organ_mask
-from shapeqc.transforms.volume_io import voxel_spacing, write_volume
+from shapeqc.transforms.volume_io import VolumeFile, voxel_spacing, write_volume
 
 
 def reconstruct_in_source(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str,
@@ -57,27 +63,44 @@ def score_organ(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str
     return reconstruction, scores
 
 
-def error_record(case: str, source: str, organ: str | None, bundle: str, reason: str) -> dict:
-    """A record for an input that failed before any organ could be analysed (same fields as analyse_organ's)."""
-    return {"case": case, "input": str(source), "organ": organ, "bundle": bundle, "status": "error",
-            "reason": reason, "outlier": None, "scores": None, "thresholds": None, "defects": [], "outputs": {},
-            "timings": {}, "seconds": 0.0}
+def implausible(mask: np.ndarray, affine: np.ndarray, bounds: dict | None) -> str | None:
+    """Why ``mask`` (D, H, W) bool cannot be the bundle's organ, judged before the prior: its volume in mm^3 far
+    below the smallest training organ's, or more connected components (26-connected) than any training organ
+    has (``bounds``: ``{"min_volume_mm3", "max_components"}`` stored in thresholds.json by the calibration);
+    None when plausible or the bundle has no bounds."""
+    if not bounds:
+        return None
+    from scipy import ndimage
+
+    volume = float(mask.sum()) * float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
+    if volume < bounds["min_volume_mm3"]:
+        return (f"implausible: {volume:.0f} mm^3, below the bundle's smallest plausible organ "
+                f"({bounds['min_volume_mm3']:.0f} mm^3)")
+    components = ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]
+    if components > bounds["max_components"]:
+        return (f"implausible: {components} separate parts, more than any training organ has "
+                f"({bounds['max_components']})")
+    return None
 
 
-def analyse_organ(source: str, organ: str | None, bundle: Bundle, out_dir: str | os.PathLike | None,
-                  case: str, map_version: str = "auto", min_defect_ml: float = 0.01) -> dict:
-    """Analyse one organ; never raises for bad input: the record says ``error`` or ``not_judged``."""
+def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, out_dir: str | os.PathLike | None,
+                  case: str, map_version: str = "auto", min_defect_ml: float = 0.01) -> Record:
+    """Analyse one organ of ``source`` (a path, or a :class:`VolumeFile` already read); never raises for bad
+    input: the record says ``error`` or ``not_judged``."""
     started = time.perf_counter()
     timings: dict = {}
-    record = {"case": case, "input": str(source), "organ": organ, "bundle": bundle.name, "status": None,
-              "reason": None, "outlier": None, "scores": None, "thresholds": None,
-              "defects": [], "outputs": {}, "timings": timings, "seconds": None}
+    record = new_record(case, source, organ, bundle.name, bundle.digest)
     try:
         start = time.perf_counter()
         mask, affine, _ = load_organ_mask(source, organ=organ, map_version=map_version,
                                           labels=bundle.organ_labels.get(organ or ""))
         check_organ_mask(mask, f"{source} [{organ}]" if organ else source)
         timings["load"] = time.perf_counter() - start
+        reason = implausible(mask, affine, (bundle.thresholds or {}).get("plausibility"))
+        if reason:
+            record.update(status="outlier", outlier=True, reason=reason,
+                          thresholds={"plausibility": bundle.thresholds["plausibility"]})
+            return _finish(record, timings, started)
         reconstruction, scores = score_organ(bundle, mask, affine, organ or "", timings)
         start = time.perf_counter()
         spacing = voxel_spacing(affine)
@@ -105,12 +128,18 @@ def analyse_organ(source: str, organ: str | None, bundle: Bundle, out_dir: str |
                                                f"{case} {organ or ''} {record['status']}")),
             }
             timings["outputs"] = time.perf_counter() - start
-    except (EmptyMaskError, TruncatedOrganError) as error:
+    except (EmptyMaskError, TruncatedOrganError, OrganAbsentError) as error:
         record.update(status="not_judged", reason=f"{error.code}: {error.reason}")
     except SegmentationInputError as error:
         record.update(status="error", reason=f"{error.code}: {error}")
+    except MemoryError:
+        record.update(status="error", reason=f"MemoryError: not enough memory to analyse {source} [{organ}]")
     except Exception as error:  # a batch must go on: record anything unexpected with its type
         record.update(status="error", reason=f"{type(error).__name__}: {error}")
+    return _finish(record, timings, started)
+
+
+def _finish(record: Record, timings: dict, started: float) -> Record:
     record["timings"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in timings.items()}
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record

@@ -2,21 +2,32 @@
 
 Inputs may be NIfTI or NRRD files, folders searched recursively for them, or trees of per-organ folders
 (TotalSegmentator output, the head-and-neck set's ``<rater>/<scan>/segmentations/<Organ>.nrrd``; such a folder
-counts as one case). For each case and each organ of each bundle:
-- a binary mask named after an organ (``liver.nii.gz``, ``Mandible.nrrd``) goes only to the bundles covering it;
-  any other binary mask is the bundle's organ (``organ`` picks one when a bundle covers several);
+counts as one case). A case is the unit of work: its file is read once (:class:`VolumeFile`), its organs are
+planned from that read, and each organ any bundle covers is analysed:
+- a binary mask named after an organ (``liver.nii.gz``, ``Mandible.nrrd``) goes only to the bundles covering it,
+  and must hold 0/1 only; any other binary mask is the organ given with ``--organ``, else the organ of the single
+  bundle given; with several bundles and no name it is ``not_judged: organ unknown``;
 - a label map whose values all belong to one organ's label set (a bundle's ``organ_labels``, e.g. the MSD
   hippocampus labels 1 and 2) is that organ;
-- a multi-label map or a TotalSegmentator folder is searched for every organ the bundle covers; organs absent
-  from a multi-label map are skipped (a TotalSegmentator map lists far more organs than any case holds).
-Every record is appended to ``records.jsonl`` as soon as it is finished (one line each, flushed), so an
-interrupted run loses nothing finished and ``resume`` skips what is there.
+- a multi-label map or a TotalSegmentator folder is searched for every organ the bundles cover; organs absent from
+  it are skipped (a TotalSegmentator map lists far more organs than any case holds), and a case holding none of
+  them gets one ``not_judged: organ absent`` record, so no case vanishes.
+Any failure of a case at any step (reading, planning, analysis) is an ``error`` record and the batch goes on.
+
+Case ids are the input's path below its input root (``patientA/seg``), sanitised for the file system and unique
+in a run; every output path is checked to lie inside ``--output``. A symlinked folder is followed once.
+The records of a case are appended to ``records.jsonl`` together as soon as the case is finished (each carries
+``case_records``, the case's record count), so an interrupted run loses nothing finished and ``resume`` redoes
+only cases whose records are not all there. One run owns an output folder at a time (:class:`OutputLock`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -25,11 +36,72 @@ import numpy as np
 from shapeqc.analysis import analyse_organ
 from shapeqc.bundles import Bundle
 from shapeqc.datasets import SEGMENTATION_FOLDER
+from shapeqc.records import Record, error_record, record_json
 from shapeqc.reports import write_atomic, write_reports
-from shapeqc.transforms.class_maps import class_map, organ_of_file_stem
-from shapeqc.transforms.errors import SegmentationInputError
+from shapeqc.transforms.class_maps import class_map, detect_map_version, organ_of_file_stem
+from shapeqc.transforms.errors import NonBinaryMaskError, SegmentationInputError, UnknownOrganError
 from shapeqc.transforms.organ_loading import is_label_set_map, organ_file_in
-from shapeqc.transforms.volume_io import is_volume_path, read_label_names, read_volume, strip_volume_suffix
+from shapeqc.transforms.volume_io import VolumeFile, is_volume_path, read_volume_file, strip_volume_suffix
+
+
+class OutputLockedError(RuntimeError):
+    """Another run owns the output folder."""
+
+
+class OutputLock:
+    """Ownership of an output folder by one run: ``OUT/.shapeqc.lock`` holds the owner's pid, host and start.
+
+    A second run into the same folder is refused, naming the owner. A lock left by a run that died (same host,
+    pid no longer alive) is stale and taken over with a warning; a lock from another host is never taken over
+    (its pid cannot be checked from here): remove the file by hand once that run is gone.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, name: str = ".shapeqc.lock", warn=None) -> None:
+        self.path = Path(out_dir) / name
+        self.warn = warn or (lambda text: print(f"shapeqc: {text}", file=sys.stderr))
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder and holder.get("host") == owner["host"] and not _alive(int(holder.get("pid", -1))):
+                    self.warn(f"{self.path}: taking over the lock of run {holder.get('pid')} (no longer running)")
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise OutputLockedError(
+                    f"{self.path.parent} is in use by shapeqc pid {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} since {holder.get('started', '?')}: wait for that run, use another "
+                    f"--output, or delete {self.path} if that run is gone") from None
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(owner, handle)
+            return self
+        raise OutputLockedError(f"{self.path}: could not take the lock")
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def __exit__(self, *exc) -> None:
+        if self._holder().get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_organ_folder(files: list[Path]) -> bool:
@@ -38,98 +110,192 @@ def _is_organ_folder(files: list[Path]) -> bool:
                                for p in files) >= max(1, len(files) // 2)
 
 
-def _case_id(folder: Path, root: Path) -> str:
-    """A per-organ folder's case id: its path below the input ``root`` (``rater/scan`` in a multi-rater tree),
-    without a trailing ``segmentations``; the folder's own name when it is the input itself."""
-    parts = list(folder.relative_to(root).parts) if folder != root else [folder.name]
+def safe_part(name: str) -> str:
+    """One path component safe as a folder name: characters outside letters, digits, ``. _ - +`` become ``_``;
+    never empty, ``.`` or ``..``."""
+    part = re.sub(r"[^A-Za-z0-9._+-]", "_", name.strip())
+    return "_" if part in ("", ".", "..") else part
+
+
+def case_id_of(parts: list[str]) -> str:
+    """A case id from path components: each made safe (:func:`safe_part`), joined with ``/``."""
+    return "/".join(safe_part(p) for p in parts) or "_"
+
+
+def _relative_parts(path: Path, root: Path, strip_suffix: bool) -> list[str]:
+    parts = list(path.relative_to(root).parts) if path != root else [path.name]
+    if strip_suffix and parts:
+        parts[-1] = strip_volume_suffix(parts[-1])
     if len(parts) > 1 and parts[-1] == SEGMENTATION_FOLDER:
         parts = parts[:-1]
     elif parts == [SEGMENTATION_FOLDER]:
-        parts = [folder.parent.name]
-    return "/".join(parts)
+        parts = [path.parent.name]
+    return parts
 
 
-def discover_cases(inputs: list[str]) -> list[tuple[str, str]]:
+def discover_cases(inputs: list[str], notes: list[str] | None = None) -> list[tuple[str, str]]:
     """(case id, path) for every input volume file (NIfTI, NRRD) or per-organ folder, in a stable order.
 
-    A per-organ folder (TotalSegmentator output, ``<scan>/segmentations/Parotid-Lt.nrrd``, ...) is one case whose
-    id is its path below the input folder, so ``oncologist/0522c0017`` and ``radiographer/0522c0017`` stay apart.
-    Any other volume file is a case named after the file.
+    A case id is the path below its input folder without the volume suffix (``patientA/seg``,
+    ``oncologist/0522c0017``; a per-organ folder without its trailing ``segmentations``), or the file's name for a
+    file given directly; ids are made unique (``seg``, ``seg~2``) and safe as folder names. A symlinked folder is
+    followed once (resolved folders are remembered). ``notes`` collects what was passed over: empty input folders,
+    folders seen twice, files that are not volumes.
     """
-    cases = []
+    notes = notes if notes is not None else []
+    found: list[tuple[list[str], str]] = []
     for entry in inputs:
         root = Path(entry)
         if not root.is_dir():
-            cases.append((strip_volume_suffix(root.name), str(root)))
+            found.append(([strip_volume_suffix(root.name)], str(root)))
             continue
+        before = len(found)
+        visited: set[Path] = set()
         pending = [root]
+        skipped = 0
         while pending:
             folder = pending.pop(0)
-            files = sorted(p for p in folder.iterdir() if p.is_file() and is_volume_path(p))
-            if _is_organ_folder(files):
-                cases.append((_case_id(folder, root), str(folder)))
+            resolved = folder.resolve()
+            if resolved in visited:
+                notes.append(f"{folder}: the same folder as one already searched (a symbolic link), followed once")
                 continue
-            pending[:0] = sorted(p for p in folder.iterdir() if p.is_dir())
-            cases += [(strip_volume_suffix(p.name), str(p)) for p in files]
+            visited.add(resolved)
+            try:
+                children = sorted(folder.iterdir())
+            except OSError as error:
+                notes.append(f"{folder}: cannot be listed ({error.strerror or error})")
+                continue
+            files = [p for p in children if p.is_file() and is_volume_path(p)]
+            skipped += sum(p.is_file() and not is_volume_path(p) for p in children)
+            if _is_organ_folder(files):
+                found.append((_relative_parts(folder, root, False), str(folder)))
+                continue
+            pending[:0] = [p for p in children if p.is_dir()]
+            found += [(_relative_parts(p, root, True), str(p)) for p in files]
+        if len(found) == before:
+            notes.append(f"{root}: no NIfTI or NRRD segmentation in this folder")
+        if skipped:
+            notes.append(f"{root}: {skipped} file(s) that are not NIfTI or NRRD volumes were passed over")
+    cases, used = [], set()
+    for parts, path in found:
+        case = case_id_of(parts)
+        number = 2
+        while case in used:
+            case, number = f"{case_id_of(parts)}~{number}", number + 1
+        used.add(case)
+        cases.append((case, path))
     return cases
 
 
-def organs_for(path: str, bundle: Bundle, organ: str | None) -> list[str | None]:
-    """Which organs of ``bundle`` to analyse in ``path`` (see the module doc)."""
+def known_organ(organ: str, bundles: list[Bundle]) -> str:
+    """``organ`` if it is a TotalSegmentator / shapeqc organ name or one of the bundles' organs, else
+    UnknownOrganError (an organ name also becomes a folder name)."""
+    names = set(class_map("v1").values()) | set(class_map("v2").values())
+    names |= {o for bundle in bundles for o in bundle.organs}
+    if organ not in names:
+        raise UnknownOrganError(None, f"--organ {organ!r} is not an organ name of TotalSegmentator or of the "
+                                      "bundles given")
+    return organ
+
+
+def organs_for(source: VolumeFile | Path, bundle: Bundle, organ: str | None, single_bundle: bool) -> list:
+    """Which organs of ``bundle`` to analyse in one case (see the module doc): ``source`` is the case's file,
+    read once, or its per-organ folder."""
     wanted = [organ] if organ else bundle.organs
-    fallback = [organ or (bundle.organs[0] if bundle.organs else None)]
-    source = Path(path)
-    if source.is_dir():
+    if isinstance(source, Path):  # a per-organ folder
         return [o for o in wanted if organ_file_in(source, o) is not None]
-    try:
-        volume, affine = read_volume(source)
-    except SegmentationInputError:
-        return fallback  # the record will carry the error
-    values = np.unique(volume)
-    names = read_label_names(source)
-    if names is None:
+    values = np.unique(source.array)
+    named = organ_of_file_stem(strip_volume_suffix(source.path.name))
+    if source.label_names is None:
         in_label_set = [o for o in wanted if o in bundle.organ_labels
                         and is_label_set_map(values, bundle.organ_labels[o])]
         if in_label_set:
             return in_label_set
-        if np.all(np.isin(values, (0, 1))):
-            named = organ_of_file_stem(strip_volume_suffix(source.name))
-            if named is not None and not organ:  # a file named after an organ goes to the bundles covering it
+        binary = bool(np.all(np.isin(values, (0, 1))))
+        if named is not None and not binary:
+            raise NonBinaryMaskError(source.path, f"named after the organ {named!r}, so a binary mask, but holds "
+                                                  f"values {values[:8].tolist()}; a mask must hold 0 and 1 only")
+        if binary:
+            if organ:
+                return [organ] if organ in bundle.organs else []
+            if named is not None:  # a file named after an organ goes to the bundles covering it
                 return [named] if named in bundle.organs else []
-            return fallback
-    from shapeqc.transforms.class_maps import detect_map_version
-
-    names = names or class_map(detect_map_version(volume.astype(int), affine))
+            return [bundle.organs[0]] if single_bundle and bundle.organs else []
+        if source.array.dtype.kind == "f" and not np.all(values == np.round(values)):
+            raise NonBinaryMaskError(source.path, f"values {values[:8].tolist()} are neither a 0/1 mask nor whole "
+                                                  "label numbers")
+    if organ:
+        return [organ] if organ in bundle.organs else []  # absent from the map: the record says so
+    names = source.label_names or class_map(detect_map_version(source.array.astype(int), source.affine))
     present = {names[int(v)] for v in values if int(v) in names}
     return [o for o in wanted if o in present]
 
 
-def _load_done(journal: Path) -> dict:
-    done = {}
+def _unplanned_reason(source: VolumeFile | Path, bundles: list[Bundle], organ: str | None) -> str:
+    organs = sorted({o for b in bundles for o in b.organs})
+    if isinstance(source, Path):
+        return f"organ_absent: no file for {', '.join(organs)} in this folder"
+    values = np.unique(source.array)
+    if np.all(np.isin(values, (0, 1))) and source.label_names is None and organ is None:
+        return ("organ_unknown: a binary mask whose file name names no organ, with several bundles; name the file "
+                "after its organ (e.g. adrenal_gland_left.nii.gz) or pass --organ")
+    shown = [int(v) for v in values if v != 0][:12]
+    return (f"organ_absent: none of {', '.join([organ] if organ else organs)} in this label map (labels {shown}); "
+            "a mask of one organ must hold 0 and 1 only")
+
+
+def inside(out_dir: Path, *parts: str) -> Path:
+    """``out_dir/parts...``, refused (ValueError) unless it resolves to a place inside ``out_dir``."""
+    path = out_dir.joinpath(*parts)
+    if not path.resolve().is_relative_to(out_dir.resolve()) or path.resolve() == out_dir.resolve():
+        raise ValueError(f"output path {path} would lie outside {out_dir}")
+    return path
+
+
+def analyse_case(case: str, path: str, bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
+                 map_version: str = "auto") -> list[Record]:
+    """Every organ any of ``bundles`` covers in one case (the unit of work of :func:`run_batch` and the Deploy
+    app): the file is read once, each organ's outputs go to ``out_dir/<case>/<organ>``. Never raises: a case
+    that fails at any step is one ``error`` record per bundle."""
+    out_dir = Path(out_dir)
+    names = ", ".join(b.name for b in bundles)
+    try:
+        source: VolumeFile | Path = Path(path) if Path(path).is_dir() else read_volume_file(path)
+        jobs = [(target, bundle) for bundle in bundles
+                for target in organs_for(source, bundle, organ, single_bundle=len(bundles) == 1)]
+        if not jobs:
+            records = [error_record(case, path, organ, names, _unplanned_reason(source, bundles, organ),
+                                    status="not_judged")]
+        else:
+            records = [analyse_organ(source, target, bundle, inside(out_dir, case, target or bundle.name), case,
+                                     map_version=map_version) for target, bundle in jobs]
+    except SegmentationInputError as error:
+        records = [error_record(case, path, organ, b.name, f"{error.code}: {error}", digest=b.digest)
+                   for b in bundles]
+    except MemoryError:
+        records = [error_record(case, path, organ, b.name, f"MemoryError: not enough memory to read {path}")
+                   for b in bundles]
+    except Exception as error:  # a batch must go on: anything unexpected is recorded with its type
+        records = [error_record(case, path, organ, b.name, f"{type(error).__name__}: {error}") for b in bundles]
+    for record in records:
+        record["input"] = str(path)
+        record["case_records"] = len(records)
+    return records
+
+
+def _load_done(journal: Path) -> dict[str, list[dict]]:
+    """Records of the cases finished in a journal, by case: a case counts only when all its ``case_records``
+    lines are there (a kill can cut the last write)."""
+    by_case: dict[str, list[dict]] = {}
     if journal.exists():
         for line in journal.read_text().splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut by a kill: that record is redone
-            done[(record["case"], record["organ"], record["bundle"])] = record
-    return done
-
-
-def case_jobs(case: str, path: str, bundles: list[Bundle], out_dir: str | os.PathLike,
-              organ: str | None = None) -> list[tuple[str, str | None, int, str, str]]:
-    """(path, organ, bundle index, organ output folder ``out_dir/<case>/<organ>``, case) for every organ any of
-    ``bundles`` covers in one case."""
-    return [(path, target, index, str(Path(out_dir) / case / str(target or bundle.name)), case)
-            for index, bundle in enumerate(bundles) for target in organs_for(path, bundle, organ)]
-
-
-def analyse_case(case: str, path: str, bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
-                 map_version: str = "auto") -> list[dict]:
-    """Every organ any of ``bundles`` covers in one case, as :func:`run_batch` analyses it (the Deploy app's
-    unit of work): one record per organ, outputs under ``out_dir/<case>/<organ>``."""
-    return [analyse_organ(path, target, bundles[index], organ_dir, case, map_version=map_version)
-            for path, target, index, organ_dir, case in case_jobs(case, path, bundles, out_dir, organ)]
+                continue  # a line cut by a kill: that case is redone
+            by_case.setdefault(record["case"], []).append(record)
+    return {case: records for case, records in by_case.items()
+            if len(records) == records[0].get("case_records", len(records))}
 
 
 _WORKER_BUNDLES: list[Bundle] = []
@@ -142,74 +308,84 @@ def _start_worker(bundles: list[Bundle], threads: int) -> None:
     _WORKER_BUNDLES[:] = bundles
 
 
-def _analyse_in_worker(path: str, target: str | None, bundle_index: int, out_dir: str, case: str,
-                       map_version: str) -> dict:
-    return analyse_organ(path, target, _WORKER_BUNDLES[bundle_index], out_dir, case, map_version=map_version)
+def _analyse_case_in_worker(case: str, path: str, out_dir: str, organ: str | None, map_version: str) -> list[dict]:
+    return analyse_case(case, path, _WORKER_BUNDLES, out_dir, organ, map_version)
 
 
 def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
               resume: bool = False, map_version: str = "auto", progress: bool = True,
-              shard: tuple[int, int] = (0, 1), workers: int = 0) -> list[dict]:
-    """Analyse everything; write per-organ outputs, ``records.jsonl`` and the report files; return records.
+              shard: tuple[int, int] = (0, 1), workers: int = 0, notes: list[str] | None = None) -> list[Record]:
+    """Analyse every case; write per-organ outputs, ``records.jsonl`` and the report files; return the records.
 
-    ``workers`` > 0 analyses that many organs at a time in worker processes (each holds the bundles, loaded
-    once, and an equal share of the CPU threads); records are journalled by this process as they finish.
+    ``workers`` > 0 analyses that many cases at a time in worker processes (each holds the bundles, loaded
+    once, and an equal share of the CPU threads); records are journaled by this process as cases finish.
+    ``notes`` collects what discovery passed over (empty folders, links followed once, other files).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if organ is not None:
+        known_organ(organ, bundles)
     rank, world = shard
-    journal = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
-    done = _load_done(journal) if resume else {}
-    # start the journal afresh with the complete records only: a line cut by a kill must not swallow the next
-    write_atomic(journal, "".join(json.dumps(record) + "\n" for record in done.values()))
-    cases = discover_cases(inputs)[rank::world]  # round-robin shards: every rank gets a similar mix
-    records = list(done.values())
-    jobs = [job for case, path in cases for job in case_jobs(case, path, bundles, out_dir, organ)
-            if (case, job[1], bundles[job[2]].name) not in done]
-    started = time.perf_counter()
-    remaining = {case: sum(job[4] == case for job in jobs) for case, _ in cases}
-    finished_cases = {case for case, count in remaining.items() if count == 0}  # nothing (left) to analyse
+    lock_name = ".shapeqc.lock" if world == 1 else f".shapeqc.rank{rank}.lock"
+    with OutputLock(out_dir, lock_name):
+        journal = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
+        done = _load_done(journal) if resume else {}
+        # the journal afresh with the finished cases only: a line cut by a kill must not swallow the next
+        write_atomic(journal, "".join(record_json(r) + "\n" for records in done.values() for r in records))
+        cases = discover_cases(inputs, notes)[rank::world]  # round-robin shards: every rank gets a similar mix
+        records = [r for case_records in done.values() for r in case_records]
+        todo = [(case, path) for case, path in cases if case not in done]
+        started = time.perf_counter()
+        finished = len(cases) - len(todo)
 
-    def finish(record: dict, log) -> None:
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        records.append(record)
-        remaining[record["case"]] -= 1
-        if remaining[record["case"]] == 0:
-            finished_cases.add(record["case"])
+        def finish(case_records: list[dict], log) -> None:
+            nonlocal finished
+            log.write("".join(record_json(r) + "\n" for r in case_records))  # one write per case
+            log.flush()
+            os.fsync(log.fileno())
+            records.extend(case_records)
+            finished += 1
+            if progress:
+                rate = (finished - (len(cases) - len(todo))) / max(time.perf_counter() - started, 1e-9)
+                print(f"\r[{finished}/{len(cases)} cases, {len(records)} records] {rate:.2f} cases/s",
+                      end="", flush=True)
+
+        with journal.open("a") as log:
+            if workers > 0 and todo:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor, as_completed
+
+                threads = max(1, (os.cpu_count() or 1) // workers)
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_worker, initargs=(bundles, threads)) as pool:
+                    futures = {pool.submit(_analyse_case_in_worker, case, path, str(out_dir), organ, map_version):
+                               (case, path) for case, path in todo}
+                    for future in as_completed(futures):
+                        case, path = futures[future]
+                        try:
+                            case_records = future.result()
+                        except Exception as error:  # the worker itself died (killed, out of memory)
+                            case_records = [error_record(case, path, organ, b.name,
+                                                         f"worker failed: {type(error).__name__}: {error}")
+                                            for b in bundles]
+                        finish(case_records, log)
+            else:
+                for case, path in todo:
+                    finish(analyse_case(case, path, bundles, out_dir, organ, map_version), log)
         if progress:
-            rate = len(finished_cases) / max(time.perf_counter() - started, 1e-9)
-            print(f"\r[{len(finished_cases)}/{len(cases)} cases, {len(records)} records] {rate:.2f} cases/s",
-                  end="", flush=True)
-
-    with journal.open("a") as log:
-        if workers > 0 and jobs:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_start_worker, initargs=(bundles, threads)) as pool:
-                futures = [pool.submit(_analyse_in_worker, *job, map_version) for job in jobs]
-                for future in as_completed(futures):
-                    finish(future.result(), log)
-        else:
-            for path, target, index, organ_dir, case in jobs:
-                finish(analyse_organ(path, target, bundles[index], organ_dir, case, map_version=map_version), log)
-    if progress:
-        print()
-    if world == 1:
-        write_reports(records, out_dir)
-    return records
+            print()
+        if world == 1:
+            write_reports(records, out_dir)
+        return records
 
 
-def merge_rank_journals(out_dir: str | os.PathLike, world: int) -> list[dict]:
+def merge_rank_journals(out_dir: str | os.PathLike, world: int) -> list[Record]:
     """Rank 0's step under torchrun: merge every rank's records into one journal and the report files."""
     out_dir = Path(out_dir)
-    records: dict = {}
+    records: list[dict] = []
     for rank in range(world):
-        records.update(_load_done(out_dir / f"records.rank{rank}.jsonl"))
-    merged = sorted(records.values(), key=lambda r: (r["case"], str(r["organ"]), r["bundle"]))
-    write_atomic(out_dir / "records.jsonl", "".join(json.dumps(r) + "\n" for r in merged))
+        records += [r for case_records in _load_done(out_dir / f"records.rank{rank}.jsonl").values()
+                    for r in case_records]
+    merged = sorted(records, key=lambda r: (r["case"], str(r["organ"]), r["bundle"]))
+    write_atomic(out_dir / "records.jsonl", "".join(record_json(r) + "\n" for r in merged))
     write_reports(merged, out_dir)
     return merged

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import date
@@ -27,6 +28,19 @@ from shapeqc.transforms.class_maps import class_map, organ_side
 
 class UntrainedBundleError(RuntimeError):
     """The bundle has no trained weights (a freshly generated bundle): it cannot judge shapes yet."""
+
+
+class BundleTrustError(RuntimeError):
+    """A bundle config would run code outside the allow-list (or its thresholds are out of range); it is loaded
+    only when the user vouches for it (``--trust-bundle PATH``)."""
+
+
+# What a bundle's analysis parts may instantiate without --trust-bundle: MONAI, torch and this project (bare
+# names are MONAI's own components, found by MONAI's locator); `$` expressions only as imports of these.
+TRUSTED_PREFIXES = ("monai.", "torch.", "shapeqc.")
+TRUSTED_IMPORTS = ("monai", "torch", "numpy", "shapeqc")
+# the config ids analysis parses (shapeqc.bundles.load_bundle): everything they reference is checked
+ANALYSIS_IDS = ("network_def", "to_grid", "inferer", "to_source")
 
 
 def trained_bundle(bundle_dir: str | os.PathLike) -> dict:
@@ -171,6 +185,8 @@ class Bundle:
     refine_steps: int = 0
     # label values making up an organ in a dataset's own label map (metadata "organ_labels"), e.g. MSD hippocampus
     organ_labels: dict[str, list[int]] = field(default_factory=dict)
+    # sha256 of configs and weights (bundle_digest), carried by every record
+    digest: str | None = None
 
     @property
     def name(self) -> str:
@@ -189,8 +205,11 @@ def bundle_from_config(bundle_root: str | os.PathLike, network, to_grid: list, i
     if metadata is None:
         metadata_path = bundle_root / "configs" / "metadata.json"
         metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+    thresholds = load_thresholds(bundle_root)
+    check_thresholds(thresholds, bundle_root / "configs" / "thresholds.json")
     return Bundle(path=bundle_root, metadata=metadata, network=network.eval(), to_grid=Compose(to_grid),
-                  inferer=inferer, to_source=Compose(to_source), thresholds=load_thresholds(bundle_root),
+                  inferer=inferer, to_source=Compose(to_source), thresholds=thresholds,
+                  digest=bundle_digest(bundle_root) if (bundle_root / "configs").is_dir() else None,
                   device=torch.device(device), organs=list(metadata.get("organs", [])),
                   refine_steps=int(refine_steps),
                   organ_labels={organ: list(labels) for organ, labels in metadata.get("organ_labels", {}).items()})
@@ -208,10 +227,122 @@ def load_bundle_network(bundle_dir: str | os.PathLike, device: str = "cpu"):
     return network.to(device).eval(), parser
 
 
-def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu", refine_steps: int = 0) -> Bundle:
-    """Load a trained bundle from its ``configs/inference.yaml`` (UntrainedBundleError for an untrained one)."""
+def bundle_digest(bundle_dir: str | os.PathLike) -> str:
+    """sha256 over the bundle's configs and weights (file names and contents, in sorted order): what a site
+    compares with the digest published by whoever shared the bundle before trusting it."""
+    import hashlib
+
+    bundle_dir = Path(bundle_dir)
+    digest = hashlib.sha256()
+    files = sorted([*(bundle_dir / "configs").glob("*"), *(bundle_dir / "models").glob("model.pt")])
+    for path in files:
+        if path.is_file():
+            digest.update(path.relative_to(bundle_dir).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _is_trusted_import(expression: str) -> bool:
+    words = expression.lstrip("$").strip().replace(",", " ").split()
+    if not words or words[0] not in ("import", "from"):
+        return False
+    module = words[1]
+    return module.split(".")[0] in TRUSTED_IMPORTS and (words[0] == "from" or all(
+        w.split(".")[0] in TRUSTED_IMPORTS or w == "as" for w in words[1:]))
+
+
+def untrusted_config_items(config: dict, ids=ANALYSIS_IDS) -> list[str]:
+    """What analysis would run from a parsed bundle ``config`` (a dict, as read from YAML) outside the allow-list:
+    the items ``ids`` and everything they reference with ``@``, plus ``imports``. Each entry says where and what:
+    a ``_target_`` outside MONAI / torch / shapeqc, any ``_requires_``, any ``$`` expression but an import of
+    those packages."""
+    from monai.bundle.config_item import ComponentLocator
+
+    locator = ComponentLocator()
+    problems, seen, pending = [], set(), [*ids, "imports"]
+
+    def lookup(item_id: str):
+        node = config
+        for part in item_id.split("#"):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                return None
+        return node
+
+    def visit(node, where: str):
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if isinstance(target, str) and not target.startswith(("@", "$")):
+                if "." in target and not target.startswith(TRUSTED_PREFIXES):
+                    problems.append(f"{where}: _target_ {target!r} is not MONAI, torch or shapeqc")
+                elif "." not in target and locator.get_component_module_name(target) is None:
+                    problems.append(f"{where}: _target_ {target!r} is not a MONAI component")
+            elif target is not None:
+                problems.append(f"{where}: _target_ {target!r} is computed")
+            if "_requires_" in node:
+                problems.append(f"{where}: _requires_ runs code before the item")
+            for key, value in node.items():
+                visit(value, f"{where}#{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                visit(value, f"{where}#{index}")
+        elif isinstance(node, str):
+            if node.startswith("$") and not _is_trusted_import(node):
+                problems.append(f"{where}: expression {node!r}")
+            for reference in re.findall(r"@([\w#]+)", node):
+                pending.append(reference)
+
+    while pending:
+        item_id = pending.pop(0)
+        if item_id in seen:
+            continue
+        seen.add(item_id)
+        node = lookup(item_id)
+        if node is not None:
+            visit(node, item_id)
+    return problems
+
+
+def check_bundle_trust(bundle_dir: str | os.PathLike, trusted=()) -> None:
+    """BundleTrustError naming the file and every item when the bundle's inference config would run anything
+    outside the allow-list in analysis, unless ``bundle_dir`` is among ``trusted`` (paths the user vouched for
+    with ``--trust-bundle``)."""
+    bundle_dir = Path(bundle_dir)
+    if any(bundle_dir.resolve() == Path(path).resolve() for path in trusted):
+        return
+    path = bundle_dir / "configs" / "inference.yaml"
+    problems = untrusted_config_items(yaml.safe_load(path.read_text()) or {})
+    if problems:
+        raise BundleTrustError(f"{path}: would run code outside MONAI, torch and shapeqc: " + "; ".join(problems[:5])
+                               + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+                               + f". A bundle is code: check it, then pass --trust-bundle {bundle_dir} to run it")
+
+
+def check_thresholds(thresholds: dict | None, path: Path) -> None:
+    """BundleTrustError when a threshold profile is out of range: a Dice threshold outside [0, 1], a distance
+    threshold negative or not finite, or an unknown direction; these numbers decide every verdict."""
+    import math
+
+    for profile in (thresholds or {}).get("profiles", []):
+        for metric, rule in profile.get("metrics", {}).items():
+            value = rule.get("threshold")
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (
+                0.0 <= value <= 1.0 if metric == "dice" else value >= 0.0)
+            if not ok or rule.get("worse_when", "below" if metric == "dice" else "above") not in ("below", "above"):
+                raise BundleTrustError(f"{path}: {metric} threshold {value!r} ({rule.get('worse_when')}) is out of "
+                                       "range; recalibrate the bundle (shapeqc calibrate)")
+
+
+def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu", refine_steps: int = 0,
+                trusted=()) -> Bundle:
+    """Load a trained bundle from its ``configs/inference.yaml`` (UntrainedBundleError for an untrained one,
+    BundleTrustError for one whose config runs code outside the allow-list unless it is in ``trusted``)."""
     bundle_dir = Path(bundle_dir)
     metadata = trained_bundle(bundle_dir)
+    check_bundle_trust(bundle_dir, trusted)
     network, parser = load_bundle_network(bundle_dir, device)
     return bundle_from_config(bundle_dir, network, parser.get_parsed_content("to_grid"),
                               parser.get_parsed_content("inferer"), parser.get_parsed_content("to_source"),
@@ -230,13 +361,14 @@ def find_bundles(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def load_trained_bundles(folders: list[str | os.PathLike], device: str = "cpu", refine_steps: int = 0,
-                         warn=print) -> list[Bundle]:
+                         warn=print, trusted=()) -> list[Bundle]:
     """Every trained bundle found under ``folders`` (see :func:`find_bundles`), each loaded once; an untrained
-    one (a freshly generated bundle in a models folder) is skipped with a warning, not fatal."""
+    one (a freshly generated bundle in a models folder) is skipped with a warning, not fatal; an untrusted one
+    raises (BundleTrustError)."""
     bundles = []
     for bundle_dir in find_bundles(folders):
         try:
-            bundles.append(load_bundle(bundle_dir, device, refine_steps=refine_steps))
+            bundles.append(load_bundle(bundle_dir, device, refine_steps=refine_steps, trusted=trusted))
         except UntrainedBundleError as error:
             warn(f"skipped {bundle_dir}: {error}")
     return bundles

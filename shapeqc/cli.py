@@ -1,11 +1,15 @@
 """The ``shapeqc`` command line.
 
-Sub-commands so far:
+- ``shapeqc analyse``: reconstruct, score and flag every organ the given bundles cover; write per-organ outputs,
+  the journal and the reports (``shapeqc.batch``).
+- ``shapeqc calibrate``: set a bundle's outlier thresholds on clean masks, one profile per acquisition spacing.
 - ``shapeqc datalist``: list cases from a NIfTI folder, a TotalSegmentator tree or the AdrenalMNIST3D npz,
   split them deterministically and write a MONAI datalist JSON.
 - ``shapeqc grid``: bring one organ to its canonical grid and write it as NIfTI (with its grid_to_world), plus
   the grid mapped back to the input space.
 - ``shapeqc new-bundle``: write a complete, trainable (untrained) bundle for a TotalSegmentator organ.
+
+Sub-commands import their work when they run, so ``shapeqc --help`` loads neither torch nor MONAI.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ import json
 import os
 import sys
 from pathlib import Path
-
-from shapeqc.transforms.errors import SegmentationInputError
 
 
 def _datalist(args: argparse.Namespace) -> int:
@@ -83,8 +85,8 @@ def _new_bundle(args: argparse.Namespace) -> int:
 
 
 def _analyse(args: argparse.Namespace) -> int:
-    from shapeqc.batch import run_batch
-    from shapeqc.bundles import load_bundle, load_trained_bundles
+    from shapeqc.batch import OutputLockedError, run_batch
+    from shapeqc.bundles import BundleTrustError, load_bundle, load_trained_bundles
 
     device = args.device
     if device == "auto":
@@ -96,15 +98,28 @@ def _analyse(args: argparse.Namespace) -> int:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     # each bundle loaded once for the whole batch; a named --bundle must be trained, a folder's untrained
     # bundles are skipped with a warning
-    bundles = [load_bundle(path, device, refine_steps=args.refine_steps) for path in args.bundle or []]
-    bundles += load_trained_bundles(args.bundles or [], device, args.refine_steps,
-                                    warn=lambda text: print(f"shapeqc analyse: {text}", file=sys.stderr))
+    trusted = args.trust_bundle or []
+    try:
+        bundles = [load_bundle(path, device, refine_steps=args.refine_steps, trusted=trusted)
+                   for path in args.bundle or []]
+        bundles += load_trained_bundles(args.bundles or [], device, args.refine_steps, trusted=trusted,
+                                        warn=lambda text: print(f"shapeqc analyse: {text}", file=sys.stderr))
+    except BundleTrustError as error:
+        raise SystemExit(f"shapeqc analyse: {error}") from None
     if not bundles:
         raise SystemExit("shapeqc analyse: no trained bundle; give --bundle DIR (repeatable) or --bundles FOLDER")
     print(f"shapeqc analyse on {device}: {len(bundles)} bundle(s), rank {rank} of {world}", file=sys.stderr)
-    records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
-                        map_version=args.map_version, shard=(rank, world), progress=rank == 0,
-                        workers=args.workers)
+    for bundle in bundles:
+        print(f"  {bundle.name} {bundle.metadata.get('version', '?')} sha256 {bundle.digest}", file=sys.stderr)
+    notes: list[str] = []
+    try:
+        records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
+                            map_version=args.map_version, shard=(rank, world), progress=rank == 0,
+                            workers=args.workers, notes=notes)
+    except OutputLockedError as error:
+        raise SystemExit(f"shapeqc analyse: {error}") from None
+    for note in notes:
+        print(f"shapeqc analyse: note: {note}", file=sys.stderr)
     if world > 1:  # under torchrun: every rank analysed its share of the cases; rank 0 merges the reports
         import torch.distributed as dist
 
@@ -121,7 +136,8 @@ def _analyse(args: argparse.Namespace) -> int:
     counts = {}
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1
-    print(json.dumps({"records": len(records), **counts, "report": str(Path(args.output) / "report.html")}))
+    print(json.dumps({"records": len(records), **counts, "notes": notes,
+                      "report": str(Path(args.output) / "report.html")}))
     return 0
 
 
@@ -186,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     analyse.add_argument("--resume", action="store_true", help="skip records already complete in OUTPUT")
     analyse.add_argument("--workers", type=int, default=0,
-                         help="organs analysed at a time in worker processes (0: in this process)")
+                         help="cases analysed at a time in worker processes (0: in this process)")
+    analyse.add_argument("--trust-bundle", action="append", metavar="PATH",
+                         help="run this bundle even if its config runs code outside MONAI, torch and shapeqc "
+                              "(a bundle is code: check it first; repeatable)")
     analyse.add_argument("--refine-steps", type=int, default=0,
                          help="test-time refinement: encoder fine-tuning steps per organ (0: off)")
     analyse.set_defaults(run=_analyse)
@@ -206,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # `--help` ends here, before torch or MONAI is imported
+    from shapeqc.transforms.errors import SegmentationInputError
+
     try:
         return args.run(args)
     except SegmentationInputError as exc:

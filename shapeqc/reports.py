@@ -5,11 +5,22 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import os
 from pathlib import Path
 
+from shapeqc.records import records_json
 from shapeqc.thresholds import METRICS
+
+
+def csv_cell(value) -> str:
+    """A CSV cell that a spreadsheet shows as text: a value starting with ``= + - @`` (or a tab or carriage
+    return) is prefixed with a single quote, as OWASP advises against formula injection; numbers stay numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -32,9 +43,9 @@ def report_csv(records: list[dict]) -> str:
         thresholds = (record.get("thresholds") or {}).get("metrics", {})
         for metric in METRICS:
             score = (record.get("scores") or {}).get(metric)
-            writer.writerow([record["input"], record["organ"], metric, "" if score is None else score,
-                             thresholds.get(metric, {}).get("threshold", ""), record["case"], record["bundle"],
-                             record["status"], record["outlier"], record.get("reason") or ""])
+            writer.writerow([csv_cell(v) for v in (
+                record["input"], record["organ"], metric, score, thresholds.get(metric, {}).get("threshold"),
+                record["case"], record["bundle"], record["status"], record["outlier"], record.get("reason"))])
     return out.getvalue()
 
 
@@ -44,7 +55,8 @@ def errors_csv(records: list[dict]) -> str:
     writer.writerow(["file", "step", "organ", "error"])
     for record in records:
         if record["status"] in ("error", "not_judged"):
-            writer.writerow([record["input"], record["status"], record["organ"], record.get("reason") or ""])
+            writer.writerow([csv_cell(v) for v in (record["input"], record["status"], record["organ"],
+                                                    record.get("reason"))])
     return out.getvalue()
 
 
@@ -53,7 +65,7 @@ def _organ_row(record: dict, out_dir: Path) -> str:
     image = record.get("outputs", {}).get("overview")
     thumbnail = (f'<img src="{html.escape(os.path.relpath(image, out_dir))}" height="90">' if image else "")
     cells = [record["organ"] or "", record["bundle"], record["status"], record.get("reason") or ""]
-    cells += [f"{scores[m]:.3f}" if m in scores else "" for m in METRICS]
+    cells += [f"{scores[m]:.3f}" if scores.get(m) is not None else "" for m in METRICS]
     row = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + f"<td>{thumbnail}</td>"
     return f'<tr class="{html.escape(record["status"])}">{row}</tr>'
 
@@ -104,7 +116,7 @@ return d*(isNaN(n)?x.localeCompare(y):n)}});r.forEach(e=>t.appendChild(e))}}</sc
 def write_reports(records: list[dict], out_dir: str | os.PathLike) -> dict:
     out_dir = Path(out_dir)
     return {
-        "json": str(write_atomic(out_dir / "report.json", json.dumps(records, indent=1))),
+        "json": str(write_atomic(out_dir / "report.json", records_json(records))),
         "csv": str(write_atomic(out_dir / "report.csv", report_csv(records))),
         "errors": str(write_atomic(out_dir / "errors.csv", errors_csv(records))),
         "html": str(write_atomic(out_dir / "report.html", report_html(records, out_dir))),

@@ -82,6 +82,12 @@ class UnknownOrganError(SegmentationInputError):
     code = "unknown_organ"
 
 
+class OrganAbsentError(UnknownOrganError):
+    """The organ is a valid name, but this label map or folder does not hold it (nothing to judge)."""
+
+    code = "organ_absent"
+
+
 class EmptyMaskError(SegmentationInputError):
     """The organ mask has no foreground voxel."""
 
@@ -103,6 +109,7 @@ ALL_ERRORS = (
     AffineMismatchError,
     NonBinaryMaskError,
     UnknownOrganError,
+    OrganAbsentError,
     EmptyMaskError,
     TruncatedOrganError,
 )

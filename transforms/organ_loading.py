@@ -30,14 +30,16 @@ from shapeqc.transforms.errors import (
     EmptyMaskError,
     MissingFileError,
     NonBinaryMaskError,
+    OrganAbsentError,
     TruncatedOrganError,
     UnknownOrganError,
     UnreadableImageError,
 )
 from shapeqc.transforms.volume_io import (
+    VolumeFile,
     binary_mask,
-    read_label_names,
     read_volume,
+    read_volume_file,
     validate_affine,
     validate_volume,
 )
@@ -71,7 +73,7 @@ def read_npz_mask(path: str | os.PathLike, array_name: str, index: int) -> np.nd
 
 
 def load_organ_mask(
-    source: str | os.PathLike | np.ndarray,
+    source: str | os.PathLike | np.ndarray | VolumeFile,
     organ: str | None = None,
     map_version: str = "auto",
     affine: np.ndarray | None = None,
@@ -81,6 +83,8 @@ def load_organ_mask(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Load one organ as ``(mask (D, H, W) bool, affine (4, 4) float64, info)``.
 
+    ``source``: a file or folder path, an in-memory mask (with ``affine``), or a :class:`VolumeFile` already read
+    (so a caller that looked at the file first does not read it again).
     ``labels``: the label values that together make up the organ in a dataset's own label map (a bundle's
     ``organ_labels``). They are used for a file without a label table whose values all lie in ``{0} + labels``;
     any other file (a TotalSegmentator map, a binary mask) is read as usual.
@@ -97,6 +101,8 @@ def load_organ_mask(
         volume = validate_volume(source, None)
         return binary_mask(volume, None), validate_affine(affine, None), {"form": "array", "map_version": "",
                                                                          "label": 0}
+    if isinstance(source, VolumeFile):
+        return _organ_in_volume(source, organ, map_version, labels)
     path = Path(source)
     if str(path).lower().endswith(".npz"):
         if npz_array is None or npz_index is None:
@@ -109,13 +115,18 @@ def load_organ_mask(
             raise UnknownOrganError(path, "a TotalSegmentator folder needs an organ name")
         organ_file = organ_file_in(path, organ)
         if organ_file is None:
-            raise UnknownOrganError(path, f"no file {organ}.nii.gz (or .nii, .nrrd, or another name of the organ) "
-                                          f"for organ {organ!r} in this folder")
+            raise OrganAbsentError(path, f"no file {organ}.nii.gz (or .nii, .nrrd, or another name of the organ) "
+                                         f"for organ {organ!r} in this folder")
         volume, file_affine = read_volume(organ_file)
         return binary_mask(volume, organ_file), file_affine, {"form": "organ_folder", "map_version": "",
                                                                "label": 0}
-    volume, file_affine = read_volume(path)
-    header_labels = read_label_names(path)
+    return _organ_in_volume(read_volume_file(path), organ, map_version, labels)
+
+
+def _organ_in_volume(source: VolumeFile, organ: str | None, map_version: str,
+                     labels: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """:func:`load_organ_mask` on a file already read."""
+    volume, file_affine, header_labels, path = source.array, source.affine, source.label_names, source.path
     if labels is not None and header_labels is None:
         if is_label_set_map(np.unique(volume), labels):
             return np.isin(volume, labels), file_affine, {"form": "label_set", "map_version": "", "label": 0}
@@ -135,7 +146,7 @@ def load_organ_mask(
     label = label_of(organ, labels, path)
     mask = label_map == label
     if not mask.any():
-        raise UnknownOrganError(path, f"organ {organ!r} (label {label}, map {map_version}) is absent from this map")
+        raise OrganAbsentError(path, f"organ {organ!r} (label {label}, map {map_version}) is absent from this map")
     return mask, file_affine, {"form": "multilabel", "map_version": map_version, "label": int(label)}
 
 

@@ -1,13 +1,16 @@
 """Reading and validating segmentation volumes from disk.
 
-A volume is returned as ``(array, affine)``: ``array`` (D, H, W) in the file's voxel order, ``affine``
-(4, 4) float64 mapping voxel indices (voxel centres at integer indices, the NIfTI convention) to
-scanner millimetres in RAS+ (nibabel's convention for NIfTI).
+One read of a file gives a :class:`VolumeFile` (as nnU-Net's readers do: the array with its properties):
+``array`` (D, H, W) in the file's voxel order, ``affine`` (4, 4) float64 mapping voxel indices (voxel centres at
+integer indices, the NIfTI convention) to scanner millimetres in RAS+ (nibabel's convention for NIfTI), and the
+label table of its header, if any. The header is checked before any voxel is allocated: a volume claiming more
+voxels than :data:`MAX_VOXELS`, or more bytes than its file could hold or decompress to, is unreadable.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,10 @@ from shapeqc.transforms.errors import (
 )
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# the largest volume shapeqc reads: 1024^3 voxels (a whole-body CT at 0.5 mm is about 1000 x 1000 x 2000 / 2)
+MAX_VOXELS = 1024**3
+# gzip's deflate cannot expand data by more than about 1032:1; a header claiming more is lying
+MAX_GZIP_RATIO = 1032
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 # NRRD (like DICOM) states positions in LPS; NIfTI and this project use RAS
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -36,11 +43,51 @@ def is_nrrd_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NRRD_SUFFIXES)
 
 
+def check_claimed_size(path: Path, shape, itemsize: int, compressed: bool) -> None:
+    """UnreadableImageError when a header's ``shape`` and voxel size cannot be what the file holds: over
+    :data:`MAX_VOXELS`, or more bytes than the file (``compressed``: the file times :data:`MAX_GZIP_RATIO`)."""
+    voxels = int(np.prod([int(s) for s in shape], dtype=np.float64))
+    claimed = voxels * int(itemsize)
+    if voxels > MAX_VOXELS:
+        raise UnreadableImageError(path, f"header claims {voxels:,} voxels ({'x'.join(map(str, shape))}), over "
+                                         f"shapeqc's limit of {MAX_VOXELS:,}")
+    available = path.stat().st_size * (MAX_GZIP_RATIO if compressed else 1)
+    if claimed > available:
+        raise UnreadableImageError(path, f"header claims {claimed:,} bytes of voxels ({'x'.join(map(str, shape))}) "
+                                         f"but the file has {path.stat().st_size:,} bytes: truncated or corrupt")
+
+
+def _first_line(error: Exception) -> str:
+    """The first meaningful line of an exception's message (ITK's are multi-line C++ dumps)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    described = [line for line in lines if line.lower().startswith("description:")]
+    return (described[0].split(":", 1)[1].strip() if described else lines[0] if lines else type(error).__name__)[:300]
+
+
+def _nrrd_encoding(path: Path) -> str:
+    """The ``encoding`` field of an attached NRRD header (raw, gzip, bzip2, ascii, ...); "unknown" if absent."""
+    with path.open("rb") as handle:
+        header = handle.read(65536).split(b"\n\n", 1)[0]
+    for line in header.splitlines():
+        if line.lower().startswith(b"encoding:"):
+            return line.split(b":", 1)[1].strip().decode("ascii", "replace").lower()
+    return "unknown"
+
+
 def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(array indexed like the NRRD's own axes (i, j, k), RAS affine) through ITK, which reads the NRRD
     ``space`` (LPS, RAS, ...) into its LPS physical space."""
     import itk
 
+    reader = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+    if reader is None:
+        raise ValueError("ITK has no reader for this file")
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    shape = [reader.GetDimensions(axis) for axis in range(reader.GetNumberOfDimensions())]
+    if path.suffix.lower() != ".nhdr":  # a detached header's voxels are in another file
+        check_claimed_size(path, shape, reader.GetComponentSize() * reader.GetNumberOfComponents(),
+                           _nrrd_encoding(path) != "raw")
     image = itk.imread(str(path))
     array = np.transpose(itk.array_from_image(image), tuple(reversed(range(image.GetImageDimension()))))
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
@@ -99,8 +146,47 @@ def validate_volume(array: np.ndarray, path: str | os.PathLike | None) -> np.nda
     return array
 
 
-def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read one NIfTI or NRRD file into ``(array (D, H, W), affine (4, 4) float64, RAS)``, validated.
+@dataclass(frozen=True)
+class VolumeFile:
+    """One read of a NIfTI or NRRD file: everything shapeqc needs of it, so no input is read twice.
+
+    Attributes:
+        path: the file.
+        array: (D, H, W) voxel values, validated (3D, finite, numeric).
+        affine: (4, 4) float64, voxel index -> scanner mm (RAS+), validated.
+        label_names: {label id: name} from the header's label table (TotalSegmentator v2 writes one), else None.
+    """
+
+    path: Path
+    array: np.ndarray
+    affine: np.ndarray
+    label_names: dict[int, str] | None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def _label_table(image, path: Path) -> dict[int, str] | None:
+    """Label id -> name from a NIfTI header's Caret XML label table, if any; a table that cannot be read (bad XML,
+    a key that is not a whole number) is UnreadableImageError, since its labels would decide the organs."""
+    import xml.etree.ElementTree as ET
+
+    for extension in image.header.extensions:
+        content = extension.get_content()
+        if not isinstance(content, bytes) or b"<LabelTable>" not in content:
+            continue
+        try:
+            root = ET.fromstring(content.decode("utf-8", errors="replace").strip())
+            names = {int(label.get("Key")): (label.text or "").strip() for label in root.iter("Label")}
+        except (ET.ParseError, TypeError, ValueError) as exc:
+            raise UnreadableImageError(path, f"the header's label table cannot be read ({type(exc).__name__}: "
+                                             f"{_first_line(exc)})") from None
+        return {key: name for key, name in names.items() if key != 0 and name}
+    return None
+
+
+def read_volume_file(path: str | os.PathLike) -> VolumeFile:
+    """Read one NIfTI or NRRD file once: array, affine and label table, validated (see :class:`VolumeFile`).
 
     Raises:
         MissingFileError, UnreadableImageError, NotVolumeError, NaNValuesError, InvalidAffineError.
@@ -112,44 +198,46 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise MissingFileError(path, "file does not exist")
     if path.is_dir():
         raise UnreadableImageError(path, "is a folder, expected a NIfTI or NRRD file")
+    label_names = None
+    kind = "NRRD" if is_nrrd_path(path) else "NIfTI"
     try:
         if is_nrrd_path(path):
             array, affine = _read_nrrd(path)
         else:
             image = nib.load(str(path))
+            check_claimed_size(path, image.shape, image.get_data_dtype().itemsize,
+                               str(path).lower().endswith(".gz"))
+            label_names = _label_table(image, path)
             array = np.asanyarray(image.dataobj)
             affine = image.affine
-    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
-        kind = "NRRD" if is_nrrd_path(path) else "NIfTI"
-        raise UnreadableImageError(path, f"cannot read as {kind} ({type(exc).__name__}: {exc})") from exc
+    except UnreadableImageError:
+        raise
+    except MemoryError:
+        raise UnreadableImageError(path, f"not enough memory to read it as {kind}") from None
+    except Exception as exc:  # nibabel and ITK raise many types (ImageFileError, EOFError, zlib.error, ...)
+        raise UnreadableImageError(path, f"cannot read as {kind} ({type(exc).__name__}: {_first_line(exc)})") from None
     if affine is None:
         raise InvalidAffineError(path, "file has no voxel-to-world affine")
-    array = validate_volume(array, path)
-    affine = validate_affine(affine, path)
-    return array, affine
+    return VolumeFile(path, validate_volume(array, path), validate_affine(affine, path), label_names)
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read one NIfTI or NRRD file into ``(array (D, H, W), affine (4, 4) float64, RAS)``, validated
+    (:func:`read_volume_file` without the label table)."""
+    volume = read_volume_file(path)
+    return volume.array, volume.affine
 
 
 def read_label_names(path: str | os.PathLike) -> dict[int, str] | None:
-    """Label id -> name from a NIfTI header's Caret XML label table (TotalSegmentator v2 writes one), if any."""
-    import xml.etree.ElementTree as ET
-
+    """Label id -> name from a NIfTI header's Caret XML label table (TotalSegmentator v2 writes one), if any
+    (UnreadableImageError for a table that cannot be read)."""
     import nibabel as nib
 
     try:
         image = nib.load(str(path))
     except Exception:
         return None
-    for extension in image.header.extensions:
-        content = extension.get_content()
-        if not isinstance(content, bytes) or b"<LabelTable>" not in content:
-            continue
-        try:
-            root = ET.fromstring(content.decode("utf-8", errors="replace").strip())
-        except ET.ParseError:
-            return None
-        names = {int(label.get("Key")): (label.text or "").strip() for label in root.iter("Label")}
-        return {key: name for key, name in names.items() if key != 0 and name}
-    return None
+    return _label_table(image, Path(path))
 
 
 def binary_mask(array: np.ndarray, path: str | os.PathLike | None) -> np.ndarray:
