@@ -20,7 +20,7 @@ from shapeqc.figures import write_overview, write_stl
 from shapeqc.records import Record, new_record
 from shapeqc.refinement import refined_network
 from shapeqc.surface_metrics import shape_scores
-from shapeqc.thresholds import decide, select_profile
+from shapeqc.thresholds import OBLIQUE_DEG, decide, obliquity_deg, select_profile
 from shapeqc.transforms.canonical_grid import CanonicalGrid
 from shapeqc.transforms.errors import (
     EmptyMaskError,
@@ -107,7 +107,7 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
         difference = difference_map(mask, reconstruction)
         defects = defect_components(difference, affine, min_defect_ml)
         timings["metrics"] = time.perf_counter() - start
-        profile = select_profile(bundle.thresholds, spacing)
+        profile = select_profile(bundle.thresholds, spacing, obliquity_deg(affine) > OBLIQUE_DEG)
         outlier, past = decide(scores, profile)
         record.update(scores=scores, outlier=outlier, thresholds=profile, defects=[d.to_dict() for d in defects],
                       status="not_judged" if outlier is None else "outlier" if outlier else "ok",

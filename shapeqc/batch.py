@@ -206,12 +206,13 @@ def organs_for(source: VolumeFile | Path, bundle: Bundle, organ: str | None, sin
         return [o for o in wanted if organ_file_in(source, o) is not None]
     values = np.unique(source.array)
     named = organ_of_file_stem(strip_volume_suffix(source.path.name))
+    binary = bool(np.all(np.isin(values, (0, 1))))
     if source.label_names is None:
-        in_label_set = [o for o in wanted if o in bundle.organ_labels
+        # a dataset's own label map of one organ (hippocampus 1 + 2); a plain 0/1 mask is no evidence of one
+        in_label_set = [o for o in wanted if o in bundle.organ_labels and not binary
                         and is_label_set_map(values, bundle.organ_labels[o])]
         if in_label_set:
             return in_label_set
-        binary = bool(np.all(np.isin(values, (0, 1))))
         if named is not None and not binary:
             raise NonBinaryMaskError(source.path, f"named after the organ {named!r}, so a binary mask, but holds "
                                                   f"values {values[:8].tolist()}; a mask must hold 0 and 1 only")

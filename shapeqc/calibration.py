@@ -114,9 +114,9 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     if write:
         bundle_dir = Path(bundle_dir)
         path = bundle_dir / "configs" / "thresholds.json"
-        existing = json.loads(path.read_text()).get("profiles", []) if path.exists() else []
-        profiles = [p for p in existing if p.get("spacing_mm") != profile["spacing_mm"]] + [profile]
-        path.write_text(json.dumps({"profiles": profiles}, indent=1) + "\n")
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        profiles = [p for p in stored.get("profiles", []) if p.get("spacing_mm") != profile["spacing_mm"]] + [profile]
+        path.write_text(json.dumps({**stored, "profiles": profiles}, indent=1) + "\n")
         (bundle_dir / "docs").mkdir(exist_ok=True)
         tag = profile_tag(profile["spacing_mm"])
         (bundle_dir / "docs" / f"calibration_{tag}.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -125,9 +125,13 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
 
 
 def calibrate_profiles(bundle_dir: str, items: list[dict], spacings: list, target_fpr: float = 0.05,
-                       bundle: Bundle | None = None, data_description: str = "") -> list[dict]:
-    """:func:`calibrate` once per acquisition spacing (None: as given), each written as its own profile."""
+                       bundle: Bundle | None = None, data_description: str = "",
+                       training_items: list[dict] | None = None) -> list[dict]:
+    """:func:`calibrate` once per acquisition spacing (None: as given), each written as its own profile; with
+    ``training_items``, the plausibility bounds from those training masks too (:func:`plausibility_bounds`)."""
     description = f"{data_description} ({len(items)} clean cases)"
+    if training_items:
+        store_plausibility(bundle_dir, plausibility_bounds(training_items))
     return [calibrate(bundle_dir, items, target_fpr=target_fpr, spacing_mm=None if spacing is None else tuple(spacing),
                       bundle=bundle, data_description=description) for spacing in spacings]
 
@@ -159,3 +163,35 @@ def plot_roc(report: dict, out_path: Path) -> Path:
     figure.savefig(out_path)
     plt.close(figure)
     return out_path
+
+
+def plausibility_bounds(items: list[dict], volume_factor: float = 0.5) -> dict:
+    """The bounds an organ must meet before the prior judges it (``shapeqc.analysis.implausible``), from real
+    training masks ``items`` (datalist items): ``min_volume_mm3``, ``volume_factor`` times the smallest training
+    organ's volume, and ``max_components``, the most 26-connected parts any training organ has."""
+    from scipy import ndimage
+
+    volumes, components = [], []
+    for item in items:
+        mask, affine, _ = load_organ_mask(item["mask"], organ=item.get("organ"), affine=item.get("affine"),
+                                          npz_array=item.get("npz_array"), npz_index=item.get("npz_index"),
+                                          labels=item.get("labels"))
+        if not mask.any():
+            continue
+        volumes.append(float(mask.sum()) * float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))))
+        components.append(int(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]))
+    if not volumes:
+        raise ValueError("no non-empty training mask to set plausibility bounds on")
+    return {"min_volume_mm3": volume_factor * min(volumes), "max_components": max(components),
+            "rule": f"volume >= {volume_factor:g} x the smallest of {len(volumes)} training organs; no more parts "
+                    "(26-connected) than any of them",
+            "training_volume_mm3_range": [min(volumes), max(volumes)]}
+
+
+def store_plausibility(bundle_dir: str | Path, bounds: dict) -> Path:
+    """Write ``bounds`` as ``plausibility`` into the bundle's ``configs/thresholds.json`` (profiles untouched)."""
+    path = Path(bundle_dir) / "configs" / "thresholds.json"
+    thresholds = json.loads(path.read_text()) if path.exists() else {"profiles": []}
+    thresholds["plausibility"] = bounds
+    path.write_text(json.dumps(thresholds, indent=1) + "\n")
+    return path

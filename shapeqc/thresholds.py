@@ -71,11 +71,31 @@ def load_thresholds(bundle_dir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def select_profile(thresholds: dict | None, spacing_mm) -> dict | None:
-    """The calibration profile nearest to an input's voxel spacing ``spacing_mm`` (3,) in mm.
+# an input whose voxel axes turn more than this from the scanner axes is oblique (degrees)
+OBLIQUE_DEG = 1.0
+# added to a profile's distance when it was calibrated with the other orientation (tilted vs axis-aligned): the
+# resampling into the axis-aligned canonical grid costs an oblique organ surface that an aligned one keeps; less
+# than a spacing step (log 1.5 = 0.41), so that spacing decides first
+ORIENTATION_MISMATCH = 0.3
 
-    Distance: the sum of |log ratio| over the sorted spacings; a profile "as given" (spacing None) stands for
-    the calibration data's own spacing, taken as 1 mm isotropic.
+
+def obliquity_deg(affine) -> float:
+    """The largest angle in degrees between a voxel axis of ``affine`` (4, 4) and its nearest scanner axis."""
+    axes = np.asarray(affine, dtype=float)[:3, :3]
+    cosines = np.abs(axes) / np.linalg.norm(axes, axis=0, keepdims=True)
+    return float(np.degrees(np.arccos(np.clip(cosines.max(axis=0), -1.0, 1.0))).max())
+
+
+def select_profile(thresholds: dict | None, spacing_mm, oblique: bool = False) -> dict | None:
+    """The calibration profile nearest to an input: its voxel spacing ``spacing_mm`` (3,) in mm and whether its
+    voxel axes are ``oblique`` to the scanner's (:func:`obliquity_deg` above :data:`OBLIQUE_DEG`).
+
+    Distance: the sum of |log ratio| over the sorted spacings, plus :data:`ORIENTATION_MISMATCH` when the
+    profile's orientation differs from the input's. A profile "as given" (spacing None) stands for the
+    calibration data's own masks, axis-aligned at 1 mm; a profile with a spacing was calibrated on masks
+    re-sliced at that spacing with a seeded tilt (``shapeqc.calibration.acquisition``), so it stands for oblique
+    inputs. A clean oblique 1 mm mask thus meets the tilted 1 mm profile where the bundle has one, not the
+    axis-aligned threshold that its resampling loss would fall below.
     """
     if not thresholds:
         return None
@@ -84,7 +104,8 @@ def select_profile(thresholds: dict | None, spacing_mm) -> dict | None:
 
     def distance(profile):
         reference = np.sort(np.asarray(profile.get("spacing_mm") or (1.0, 1.0, 1.0), dtype=float))
-        return float(np.sum(np.abs(np.log(target / reference))))
+        tilted = profile.get("spacing_mm") is not None
+        return float(np.sum(np.abs(np.log(target / reference)))) + (ORIENTATION_MISMATCH if tilted != oblique else 0)
 
     return min(profiles, key=distance)
 

@@ -218,3 +218,22 @@ def test_test_time_refinement_fits_the_input_and_is_reproducible(bundle, adrenal
         loss_before = torch.nn.functional.binary_cross_entropy_with_logits(bundle.network(grid, points), target)
         loss_after = torch.nn.functional.binary_cross_entropy_with_logits(first(grid, points), target)
     assert loss_after < loss_before
+
+
+def test_profile_selection_by_orientation():
+    """An oblique input meets a tilted (re-sliced) profile of its spacing, an axis-aligned one the as-given profile;
+    spacing still decides first (a coarse axis-aligned input keeps the CT profile)."""
+    from shapeqc.thresholds import obliquity_deg, select_profile
+
+    thresholds = {"profiles": [{"spacing_mm": None, "metrics": {}}, {"spacing_mm": [1.0, 1.0, 1.0], "metrics": {}},
+                               {"spacing_mm": [0.8, 0.8, 2.5], "metrics": {}}]}
+    assert select_profile(thresholds, (1.0, 1.0, 1.0), oblique=False)["spacing_mm"] is None
+    assert select_profile(thresholds, (1.0, 1.0, 1.0), oblique=True)["spacing_mm"] == [1.0, 1.0, 1.0]
+    assert select_profile(thresholds, (0.8, 0.8, 2.5), oblique=False)["spacing_mm"] == [0.8, 0.8, 2.5]
+    assert select_profile(thresholds, (3.0, 3.0, 3.0), oblique=False)["spacing_mm"] == [0.8, 0.8, 2.5]
+    tilted = np.eye(4)
+    angle = np.radians(5.0)
+    tilted[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    assert obliquity_deg(np.diag([0.8, 0.8, 2.5, 1.0])) == pytest.approx(0.0)
+    assert obliquity_deg(np.diag([-1.0, 1.0, 1.0, 1.0])) == pytest.approx(0.0)  # a flipped axis is not oblique
+    assert obliquity_deg(tilted) == pytest.approx(5.0)

@@ -10,6 +10,7 @@ voxels than :data:`MAX_VOXELS`, or more bytes than its file could hold or decomp
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +59,17 @@ def check_claimed_size(path: Path, shape, itemsize: int, compressed: bool) -> No
 
 
 def _first_line(error: Exception) -> str:
-    """The first meaningful line of an exception's message (ITK's are multi-line C++ dumps)."""
+    """One line saying what went wrong: the first line of an exception's message, or for ITK's multi-line C++
+    dumps (which open with a source location) their ``Description:`` line, else their last, most specific line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    described = [line for line in lines if line.lower().startswith("description:")]
-    return (described[0].split(":", 1)[1].strip() if described else lines[0] if lines else type(error).__name__)[:300]
+    if not lines:
+        return type(error).__name__
+    described = [line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("description:")]
+    if described:
+        return described[0][:300]
+    if len(lines) > 1 and re.search(r"\.(cxx|cpp|hxx|h):\d+:?$", lines[0]):
+        return re.sub(r"^\[\w+\]\s*", "", lines[-1])[:300]
+    return lines[0][:300]
 
 
 def _nrrd_encoding(path: Path) -> str:
@@ -172,7 +180,8 @@ def _label_table(image, path: Path) -> dict[int, str] | None:
     import xml.etree.ElementTree as ET
 
     for extension in image.header.extensions:
-        content = extension.get_content()
+        # the raw bytes: get_content() would hand a CIFTI-coded extension to nibabel's own CIFTI parser
+        content = extension.content if hasattr(extension, "content") else extension.get_content()
         if not isinstance(content, bytes) or b"<LabelTable>" not in content:
             continue
         try:

@@ -93,7 +93,9 @@ def shipped_profile(bundle_dir: str | Path, spacing: list[float] | None, require
     ``required``."""
     from shapeqc.thresholds import load_thresholds, select_profile
 
-    profile = select_profile(load_thresholds(bundle_dir), tuple(spacing) if spacing else (1.0, 1.0, 1.0))
+    # a --spacing run re-slices every mask with a seeded tilt: oblique, as the tilted profiles were calibrated
+    profile = select_profile(load_thresholds(bundle_dir), tuple(spacing) if spacing else (1.0, 1.0, 1.0),
+                             oblique=bool(spacing))
     if profile is None and required:
         raise ValueError(f"{bundle_dir}: no configs/thresholds.json; calibrate the bundle first")
     return profile
