@@ -9,22 +9,24 @@ APP_PY := $(APP_VENV)/bin/python
 # The CPU wheel of torch 2.13.0 lies on this project's machines; installing it first keeps pip
 # from resolving torch to a multi-GB CUDA build. Override on other machines: make TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
+comma := ,
 
 .PHONY: setup setup-app demo test test-package test-app lint kernels-check clean
 
+# $(1): the environment's folder, $(2): the project's extras in it
+define install_env
+	test -x $(1)/bin/python || python3 -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(1)/bin/python -m pip install -q -e ".[$(2)]"
+	touch $(1)/.installed
+endef
+
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $@
+	$(call install_env,$(VENV),dev)
 
 $(APP_VENV)/.installed: pyproject.toml
-	test -x $(APP_PY) || python3 -m venv $(APP_VENV)
-	$(APP_PY) -m pip install -q --upgrade pip
-	$(APP_PY) -m pip install -q "$(TORCH_SPEC)"
-	$(APP_PY) -m pip install -q -e ".[dev,deploy]"
-	touch $@
+	$(call install_env,$(APP_VENV),dev$(comma)deploy)
 
 setup: $(VENV)/.installed
 

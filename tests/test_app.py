@@ -52,6 +52,17 @@ def mixed_inputs(tmp_path_factory, totalseg, adrenal_val_masks):
     for index, mask in enumerate(kept):  # named after the organ: only the bundle covering it judges them
         write_volume(folder / f"adrenal{index}" / "adrenal_gland_left.nii.gz", mask, np.eye(4))
     (folder / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    # the bad-input battery's inputs (issue 20): a label table with a key that is no number, a mask named after an
+    # organ that holds 0/1/2; the app records them and goes on, as shapeqc analyse does
+    import nibabel as nib
+
+    image = nib.Nifti1Image(kept[0].astype(np.uint8), np.eye(4))
+    table = b'<CaretExtension><LabelTable><Label Key="one">adrenal_gland_left</Label></LabelTable></CaretExtension>'
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(0, table))
+    nib.save(image, str(folder / "bad_table.nii.gz"))
+    three_values = kept[1].astype(np.uint8)
+    three_values[three_values.shape[0] // 2] *= 2
+    write_volume(folder / "named" / "adrenal_gland_right.nii.gz", three_values, np.eye(4))
     return folder
 
 
@@ -64,9 +75,10 @@ def test_app_matches_shapeqc_analyse_record_for_record(mixed_inputs, tmp_path):
     cli_records = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert essence(app_records) == essence(cli_records)
     statuses = {r["case"]: r["status"] for r in app_records}
-    assert statuses["corrupt"] == "error"  # the bad file is recorded ...
+    assert statuses["corrupt"] == "error"  # the bad files are recorded ...
+    assert statuses["bad_table"] == "error" and statuses["named"] == "error"
     assert statuses["adrenal0"] in ("ok", "outlier") and statuses["adrenal1"] in ("ok", "outlier")  # ... the rest done
-    assert {r["organ"] for r in app_records if r["case"] == "v2_multilabel_seg"} == {"adrenal_gland_left",
+    assert {r["organ"] for r in app_records if r["case"] == "ts/v2_multilabel_seg"} == {"adrenal_gland_left",
                                                                                     "adrenal_gland_right"}
     for name in ("report.csv", "errors.csv", "report.html", "records.jsonl"):
         assert (tmp_path / "app" / name).exists(), name

@@ -1,4 +1,14 @@
-"""MONAI dictionary transforms between an input's voxel space and the canonical organ grid."""
+"""MONAI dictionary transforms between an input's voxel space and the canonical organ grid.
+
+Why the way back is :class:`CanonicalGridToSourced` reading the plan under ``grid`` rather than MONAI's ``Invertd``:
+``Invertd`` replays the ``applied_operations`` a MetaTensor collected on the way in, and the pipeline to the
+grid does not carry MetaTensors (the cached grids are bit-packed numpy arrays, ``PackGridd``/``UnpackGridd``,
+and the network input is made with ``track_meta=False``), so there would be nothing to replay. More to the point,
+the inverse that matters is not "undo the resampling" but "map the network's *float occupancy* back onto the
+input's voxel grid", which needs the plan (``grid_to_world``, source affine and shape) and nothing else; the
+plan is a plain dict (``CanonicalGrid.to_dict``) that collates, pickles and is written into ``grid.json`` as it
+is. The one plan is what ``shapeqc analyse``, the bundle's ``to_source`` and the tests all read.
+"""
 
 from __future__ import annotations
 
