@@ -299,94 +299,59 @@ def _load_done(journal: Path) -> dict[str, list[dict]]:
             if len(records) == records[0].get("case_records", len(records))}
 
 
-_WORKER_BUNDLES: list[Bundle] = []
-
-
-def _start_worker(bundles: list[Bundle], threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    _WORKER_BUNDLES[:] = bundles
-
-
-def _analyse_case_in_worker(case: str, path: str, out_dir: str, organ: str | None, map_version: str) -> list[dict]:
-    return analyse_case(case, path, _WORKER_BUNDLES, out_dir, organ, map_version)
-
-
 def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
               resume: bool = False, map_version: str = "auto", progress: bool = True,
-              shard: tuple[int, int] = (0, 1), workers: int = 0, notes: list[str] | None = None) -> list[Record]:
+              scheduler: str | None = None, retries: int = 3, notes: list[str] | None = None,
+              client=None) -> list[Record]:
     """Analyse every case; write per-organ outputs, ``records.jsonl`` and the report files; return the records.
 
-    ``workers`` > 0 analyses that many cases at a time in worker processes (each holds the bundles, loaded
-    once, and an equal share of the CPU threads); records are journaled by this process as cases finish.
-    ``notes`` collects what discovery passed over (empty folders, links followed once, other files).
+    ``scheduler``: None analyses the cases one after the other in this process; ``local:N`` or a Dask scheduler
+    address runs each case as a task on Dask (:mod:`shapeqc.cohort`; ``client``: an existing
+    ``distributed.Client`` instead), ``retries`` times re-run when its worker dies. Either way this process
+    journals each finished case as it arrives. ``notes`` collects what discovery passed over (empty folders,
+    links followed once, other files).
     """
     out_dir = Path(out_dir)
     if organ is not None:
         known_organ(organ, bundles)
-    rank, world = shard
-    lock_name = ".shapeqc.lock" if world == 1 else f".shapeqc.rank{rank}.lock"
-    with OutputLock(out_dir, lock_name):
-        journal = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
+    with OutputLock(out_dir):
+        journal = out_dir / "records.jsonl"
         done = _load_done(journal) if resume else {}
         # the journal afresh with the finished cases only: a line cut by a kill must not swallow the next
         write_atomic(journal, "".join(record_json(r) + "\n" for records in done.values() for r in records))
-        cases = discover_cases(inputs, notes)[rank::world]  # round-robin shards: every rank gets a similar mix
+        cases = discover_cases(inputs, notes)
         records = [r for case_records in done.values() for r in case_records]
         todo = [(case, path) for case, path in cases if case not in done]
         started = time.perf_counter()
-        finished = len(cases) - len(todo)
-
-        def finish(case_records: list[dict], log) -> None:
-            nonlocal finished
-            log.write("".join(record_json(r) + "\n" for r in case_records))  # one write per case
-            log.flush()
-            os.fsync(log.fileno())
-            records.extend(case_records)
-            finished += 1
-            if progress:
-                rate = (finished - (len(cases) - len(todo))) / max(time.perf_counter() - started, 1e-9)
-                print(f"\r[{finished}/{len(cases)} cases, {len(records)} records] {rate:.2f} cases/s",
-                      end="", flush=True)
 
         with journal.open("a") as log:
-            if workers > 0 and todo:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor, as_completed
+            def finish(case_records: list[dict]) -> None:
+                log.write("".join(record_json(r) + "\n" for r in case_records))  # one write per case
+                log.flush()
+                os.fsync(log.fileno())
+                records.extend(case_records)
 
-                threads = max(1, (os.cpu_count() or 1) // workers)
-                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start_worker, initargs=(bundles, threads)) as pool:
-                    futures = {pool.submit(_analyse_case_in_worker, case, path, str(out_dir), organ, map_version):
-                               (case, path) for case, path in todo}
-                    for future in as_completed(futures):
-                        case, path = futures[future]
-                        try:
-                            case_records = future.result()
-                        except Exception as error:  # the worker itself died (killed, out of memory)
-                            case_records = [error_record(case, path, organ, b.name,
-                                                         f"worker failed: {type(error).__name__}: {error}")
-                                            for b in bundles]
-                        finish(case_records, log)
+            if scheduler is not None or client is not None:
+                from shapeqc.cohort import dask_client, local_threads, run_cases
+
+                threads = local_threads(scheduler) if scheduler else None
+                if client is not None:
+                    run_cases(client, todo, bundles, str(out_dir), organ, map_version, finish, progress, threads,
+                              retries)
+                elif todo:
+                    with dask_client(scheduler, retries) as own_client:
+                        run_cases(own_client, todo, bundles, str(out_dir), organ, map_version, finish, progress,
+                                  threads, retries)
             else:
-                for case, path in todo:
-                    finish(analyse_case(case, path, bundles, out_dir, organ, map_version), log)
-        if progress:
-            print()
-        if world == 1:
-            write_reports(records, out_dir)
+                for index, (case, path) in enumerate(todo, 1):
+                    finish(analyse_case(case, path, bundles, out_dir, organ, map_version))
+                    if progress:
+                        rate = index / max(time.perf_counter() - started, 1e-9)
+                        print(f"\r[{len(cases) - len(todo) + index}/{len(cases)} cases, {len(records)} records] "
+                              f"{rate:.2f} cases/s", end="", flush=True)
+                if progress and todo:
+                    print()
+        order = {case: index for index, (case, _) in enumerate(cases)}
+        records.sort(key=lambda r: order.get(r["case"], len(order)))  # case order, however the cases finished
+        write_reports(records, out_dir)
         return records
-
-
-def merge_rank_journals(out_dir: str | os.PathLike, world: int) -> list[Record]:
-    """Rank 0's step under torchrun: merge every rank's records into one journal and the report files."""
-    out_dir = Path(out_dir)
-    records: list[dict] = []
-    for rank in range(world):
-        records += [r for case_records in _load_done(out_dir / f"records.rank{rank}.jsonl").values()
-                    for r in case_records]
-    merged = sorted(records, key=lambda r: (r["case"], str(r["organ"]), r["bundle"]))
-    write_atomic(out_dir / "records.jsonl", "".join(record_json(r) + "\n" for r in merged))
-    write_reports(merged, out_dir)
-    return merged

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -93,9 +92,6 @@ def _analyse(args: argparse.Namespace) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if device == "cuda" and world > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     # each bundle loaded once for the whole batch; a named --bundle must be trained, a folder's untrained
     # bundles are skipped with a warning
     trusted = args.trust_bundle or []
@@ -108,31 +104,19 @@ def _analyse(args: argparse.Namespace) -> int:
         raise SystemExit(f"shapeqc analyse: {error}") from None
     if not bundles:
         raise SystemExit("shapeqc analyse: no trained bundle; give --bundle DIR (repeatable) or --bundles FOLDER")
-    print(f"shapeqc analyse on {device}: {len(bundles)} bundle(s), rank {rank} of {world}", file=sys.stderr)
+    where = f"Dask scheduler {args.scheduler}" if args.scheduler else "this process"
+    print(f"shapeqc analyse on {device} in {where}: {len(bundles)} bundle(s)", file=sys.stderr)
     for bundle in bundles:
         print(f"  {bundle.name} {bundle.metadata.get('version', '?')} sha256 {bundle.digest}", file=sys.stderr)
     notes: list[str] = []
     try:
         records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
-                            map_version=args.map_version, shard=(rank, world), progress=rank == 0,
-                            workers=args.workers, notes=notes)
+                            map_version=args.map_version, scheduler=args.scheduler, retries=args.retries,
+                            notes=notes)
     except OutputLockedError as error:
         raise SystemExit(f"shapeqc analyse: {error}") from None
     for note in notes:
         print(f"shapeqc analyse: note: {note}", file=sys.stderr)
-    if world > 1:  # under torchrun: every rank analysed its share of the cases; rank 0 merges the reports
-        import torch.distributed as dist
-
-        from shapeqc.batch import merge_rank_journals
-
-        dist.init_process_group(backend="gloo")
-        dist.barrier()
-        if rank == 0:
-            records = merge_rank_journals(args.output, world)
-        dist.barrier()
-        dist.destroy_process_group()
-        if rank != 0:
-            return 0
     counts = {}
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1
@@ -201,8 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--map-version", default="auto", choices=("auto", "v1", "v2"))
     analyse.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     analyse.add_argument("--resume", action="store_true", help="skip records already complete in OUTPUT")
-    analyse.add_argument("--workers", type=int, default=0,
-                         help="cases analysed at a time in worker processes (0: in this process)")
+    analyse.add_argument("--scheduler", default=None, metavar="local:N | tcp://HOST:PORT",
+                         help="run each case as a Dask task: local:N starts N worker processes here, an address "
+                              "uses a running Dask cluster (pip install shapeqc[cluster]); default: this process")
+    analyse.add_argument("--retries", type=int, default=3,
+                         help="with --scheduler: times a case is re-run after its worker died (default 3)")
     analyse.add_argument("--trust-bundle", action="append", metavar="PATH",
                          help="run this bundle even if its config runs code outside MONAI, torch and shapeqc "
                               "(a bundle is code: check it first; repeatable)")
