@@ -1,4 +1,4 @@
-"""`python -m shapeqc ...` (also under torchrun) runs the command line."""
+"""`python -m shapeqc ...` runs the command line."""
 
 from shapeqc.cli import main
 
