@@ -47,3 +47,15 @@ def headneck_tree() -> Path:
 def hippocampus_labels() -> Path:
     """The MSD hippocampus label maps (0 background, 1 anterior, 2 posterior), 1 mm."""
     return _require(SHARED_DATA / "msd_hippocampus" / "labels")
+
+
+@pytest.fixture(scope="session")
+def mixed_organs(tmp_path_factory, headneck_tree, hippocampus_labels, totalseg):
+    """One head-and-neck scan (NRRD per-organ folder), one MSD hippocampus label map, one TotalSegmentator map."""
+    folder = tmp_path_factory.mktemp("organs")
+    scan = sorted((headneck_tree / "oncologist").iterdir())[0]
+    (folder / "hn" / scan.name).mkdir(parents=True)
+    (folder / "hn" / scan.name / "segmentations").symlink_to(scan / "segmentations")
+    (folder / "hippocampus_001.nii.gz").symlink_to(hippocampus_labels / "hippocampus_001.nii.gz")
+    (folder / "ts_map.nii.gz").symlink_to(totalseg / "v2_multilabel_seg.nii.gz")
+    return folder, scan.name

@@ -322,3 +322,18 @@ def test_app_writes_a_dicom_seg_of_the_difference_and_a_pdf_summary(totalseg, ad
     assert summary.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1"
     assert summary.EncapsulatedDocument[:4] == b"%PDF"
     assert summary.StudyInstanceUID == series[0].StudyInstanceUID
+
+
+def test_the_app_analyses_the_same_organs_with_its_models_folder(mixed_organs, tmp_path):
+    folder, _ = mixed_organs
+    command = (f"ulimit -s 32768; '{sys.executable}' '{ROOT / 'app'}' -i '{folder}' -o '{tmp_path / 'app'}' "
+               f"-m '{BUNDLES}'")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    app_records = json.loads((tmp_path / "app" / "report.json").read_text())
+    cli_records = run_batch([str(folder)], load_trained_bundles([BUNDLES]), tmp_path / "cli", progress=False)
+
+    def essence(records):
+        return sorted((r["case"], r["organ"], r["bundle"], r["status"], json.dumps(r["scores"])) for r in records)
+
+    assert essence(app_records) == essence(cli_records)
