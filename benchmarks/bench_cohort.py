@@ -86,7 +86,7 @@ def main() -> None:
     from shapeqc.cohort import cluster_config
 
     killed = []
-    with dask.config.set(cluster_config(3)), \
+    with dask.config.set(cluster_config(3, 1)), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         pids = client.run(os.getpid)
@@ -104,7 +104,8 @@ def main() -> None:
         killer.start()
         fault_s, faulted = timed("local:2, one worker killed", lambda: run_batch(
             [str(cohort)], [bundle], work / "fault", client=client, progress=False))
-    journal = [json.loads(line)["case"] for line in (work / "fault" / "records.jsonl").read_text().splitlines()]
+    lines = (work / "fault" / "records.jsonl").read_text().splitlines()
+    journal = [(record["case"], record["organ"]) for record in map(json.loads, lines)]
     lost = sum("worker_lost" in (r["reason"] or "") for r in faulted)
 
     def essence(records):
@@ -123,8 +124,9 @@ def main() -> None:
           f"seconds shared by 2 workers, over {cases} cases; includes the cluster's start-up and the bundle load).")
     print(f"Records equal to one process: local:2 {essence(on_dask) == essence(single)}, "
           f"killed run {essence(faulted) == essence(single)}.")
-    print(f"Killed run: worker killed {len(killed)}x; journal lines {len(journal)} for {cases} cases, "
-          f"duplicates {len(journal) - len(set(journal))}, worker_lost errors {lost}.")
+    print(f"Killed run: worker killed {len(killed)}x; journal {len(journal)} records ({len(single)} expected) of "
+          f"{len({case for case, _ in journal})} cases ({cases} expected), duplicated records "
+          f"{len(journal) - len(set(journal))}, worker_lost errors {lost}.")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -339,7 +339,7 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
                     run_cases(client, todo, bundles, str(out_dir), organ, map_version, finish, progress, threads,
                               retries)
                 elif todo:
-                    with dask_client(scheduler, retries) as own_client:
+                    with dask_client(scheduler, retries, threads) as own_client:
                         run_cases(own_client, todo, bundles, str(out_dir), organ, map_version, finish, progress,
                                   threads, retries)
             else:
