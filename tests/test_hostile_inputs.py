@@ -334,3 +334,24 @@ def test_12_clean_oblique_glands_meet_the_tilted_profile(tmp_path, adrenal_val_m
     flagged_there = sum(decide(r["scores"], axis_aligned)[0] for r in records)
     flagged_here = sum(r["status"] == "outlier" for r in records)
     assert flagged_here <= 1 < flagged_there
+
+
+def test_13_out_of_memory_is_an_error_record_with_a_reason(tmp_path):
+    """A real MemoryError (the process's address space capped just above what it uses, then a 343 MB volume read):
+    the case's record says what ran out, instead of an empty reason."""
+    volume = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((700, 700, 700), np.uint8), np.eye(4)), str(volume))
+    probe = ("import resource, sys\n"
+             "from shapeqc.batch import analyse_case\n"
+             "from shapeqc.bundles import load_bundle\n"
+             "bundle = load_bundle(sys.argv[2])\n"
+             "with open('/proc/self/status') as status:\n"
+             "    used = next(int(line.split()[1]) for line in status if line.startswith('VmSize')) * 1024\n"
+             "resource.setrlimit(resource.RLIMIT_AS, (used + 150 * 2**20, resource.RLIM_INFINITY))\n"
+             "records = analyse_case('big', sys.argv[1], [bundle], sys.argv[3])\n"
+             "print(records[0]['status'], '|', records[0]['reason'])\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(volume), str(BUNDLE), str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    status, reason = result.stdout.strip().splitlines()[-1].split(" | ", 1)
+    assert status == "error" and "memory" in reason and "big.nii.gz" in reason
