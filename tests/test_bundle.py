@@ -164,13 +164,16 @@ def test_evaluating_and_inference_configs_run_on_the_trained_copy(trained_copy, 
     configs = root / "configs"
     output = run(bundle_command(root, "run", "evaluating") + [
         "--config_file", config_list(configs, "inference.yaml", "train.yaml", "evaluate.yaml"),
-        "--dataset_dir", str(adrenal_npz.parents[1]), "--val_limit", "2", *TINY])
+        "--dataset_dir", str(adrenal_npz.parents[1]), "--val_limit", "2", "--train_limit", "8", *TINY])
     assert "val_mean_dice" in output
     raw = (root / "runs" / "val_mean_dice_raw.csv").read_text().splitlines()
     assert raw[1].startswith("adrenalmnist3d_val_0000,") and len(raw) == 3
     # ... and calibrated the network it evaluated: one threshold profile per acquisition spacing
-    profiles = json.loads((root / "configs" / "thresholds.json").read_text())["profiles"]
-    assert [p["spacing_mm"] for p in profiles] == [None, [0.8, 0.8, 2.5]]
+    thresholds = json.loads((root / "configs" / "thresholds.json").read_text())
+    profiles = thresholds["profiles"]
+    assert [p["spacing_mm"] for p in profiles] == [None, [0.8, 0.8, 2.5], [1.0, 1.0, 1.0]]
+    # and the plausibility bounds from the training masks it was given (8 here)
+    assert "8 training organs" in thresholds["plausibility"]["rule"]
     assert all(p["clean_cases"] == 2 and 0.0 <= p["metrics"]["dice"]["threshold"] <= 1.0 for p in profiles)
     report = json.loads((root / "docs" / "calibration_as_given.json").read_text())
     assert set(report["families"]) == {"perlin_add", "perlin_remove", "cube_add", "cube_remove"}
