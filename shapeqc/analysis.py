@@ -63,22 +63,36 @@ def score_organ(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str
     return reconstruction, scores
 
 
+# a part of an organ counts for plausibility when it holds at least this fraction of the organ's voxels: real
+# segmentations and reconstructions carry specks of a few voxels that say nothing about the organ's shape
+SUBSTANTIAL_PART = 0.05
+
+
+def substantial_parts(mask: np.ndarray) -> int:
+    """How many 26-connected parts of ``mask`` (D, H, W) bool hold at least :data:`SUBSTANTIAL_PART` of its voxels."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if count == 0:
+        return 0
+    sizes = np.bincount(labels.ravel())[1:]
+    return int((sizes >= SUBSTANTIAL_PART * sizes.sum()).sum())
+
+
 def implausible(mask: np.ndarray, affine: np.ndarray, bounds: dict | None) -> str | None:
     """Why ``mask`` (D, H, W) bool cannot be the bundle's organ, judged before the prior: its volume in mm^3 far
-    below the smallest training organ's, or more connected components (26-connected) than any training organ
-    has (``bounds``: ``{"min_volume_mm3", "max_components"}`` stored in thresholds.json by the calibration);
+    below the smallest training organ's, or more substantial parts (:func:`substantial_parts`) than any training
+    organ has (``bounds``: ``{"min_volume_mm3", "max_components"}`` stored in thresholds.json by the calibration);
     None when plausible or the bundle has no bounds."""
     if not bounds:
         return None
-    from scipy import ndimage
-
     volume = float(mask.sum()) * float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
     if volume < bounds["min_volume_mm3"]:
         return (f"implausible: {volume:.0f} mm^3, below the bundle's smallest plausible organ "
                 f"({bounds['min_volume_mm3']:.0f} mm^3)")
-    components = ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]
+    components = substantial_parts(mask)
     if components > bounds["max_components"]:
-        return (f"implausible: {components} separate parts, more than any training organ has "
+        return (f"implausible: {components} separate parts of 5% or more, more than any training organ has "
                 f"({bounds['max_components']})")
     return None
 
@@ -96,11 +110,12 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
                                           labels=bundle.organ_labels.get(organ or ""))
         check_organ_mask(mask, f"{source} [{organ}]" if organ else source)
         timings["load"] = time.perf_counter() - start
-        reason = implausible(mask, affine, (bundle.thresholds or {}).get("plausibility"))
-        if reason:
-            record.update(status="outlier", outlier=True, reason=reason,
-                          thresholds={"plausibility": bundle.thresholds["plausibility"]})
+        bounds = (bundle.thresholds or {}).get("plausibility")
+        too_small = implausible(mask, affine, bounds and {**bounds, "max_components": float("inf")})
+        if too_small:  # nothing for the prior to reconstruct: judged without it
+            record.update(status="outlier", outlier=True, reason=too_small, thresholds={"plausibility": bounds})
             return _finish(record, timings, started)
+        in_pieces = implausible(mask, affine, bounds)  # judged with the prior too, so the defects are located
         reconstruction, scores = score_organ(bundle, mask, affine, organ or "", timings)
         start = time.perf_counter()
         spacing = voxel_spacing(affine)
@@ -109,10 +124,12 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
         timings["metrics"] = time.perf_counter() - start
         profile = select_profile(bundle.thresholds, spacing, obliquity_deg(affine) > OBLIQUE_DEG)
         outlier, past = decide(scores, profile)
+        reason = ("uncalibrated: the bundle has no configs/thresholds.json" if outlier is None
+                  else ", ".join(f"{m} past threshold" for m in past) or None)
+        if in_pieces:
+            outlier, reason = True, "; ".join(r for r in (in_pieces, reason) if r and not r.startswith("uncal"))
         record.update(scores=scores, outlier=outlier, thresholds=profile, defects=[d.to_dict() for d in defects],
-                      status="not_judged" if outlier is None else "outlier" if outlier else "ok",
-                      reason=("uncalibrated: the bundle has no configs/thresholds.json" if outlier is None
-                              else ", ".join(f"{m} past threshold" for m in past) or None))
+                      status="not_judged" if outlier is None else "outlier" if outlier else "ok", reason=reason)
         if out_dir is not None:
             start = time.perf_counter()
             out_dir = Path(out_dir)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shapeqc.analysis import score_organ
+from shapeqc.analysis import score_organ, substantial_parts
 from shapeqc.bundles import Bundle, load_bundle
 from shapeqc.evaluation import corruptions
 from shapeqc.evaluation.statistics import auroc, roc_points
@@ -168,9 +168,8 @@ def plot_roc(report: dict, out_path: Path) -> Path:
 def plausibility_bounds(items: list[dict], volume_factor: float = 0.5) -> dict:
     """The bounds an organ must meet before the prior judges it (``shapeqc.analysis.implausible``), from real
     training masks ``items`` (datalist items): ``min_volume_mm3``, ``volume_factor`` times the smallest training
-    organ's volume, and ``max_components``, the most 26-connected parts any training organ has."""
-    from scipy import ndimage
-
+    organ's volume, and ``max_components``, the most substantial parts
+    (:func:`shapeqc.analysis.substantial_parts`) any training organ has."""
     volumes, components = [], []
     for item in items:
         mask, affine, _ = load_organ_mask(item["mask"], organ=item.get("organ"), affine=item.get("affine"),
@@ -179,12 +178,12 @@ def plausibility_bounds(items: list[dict], volume_factor: float = 0.5) -> dict:
         if not mask.any():
             continue
         volumes.append(float(mask.sum()) * float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))))
-        components.append(int(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]))
+        components.append(substantial_parts(mask))
     if not volumes:
         raise ValueError("no non-empty training mask to set plausibility bounds on")
     return {"min_volume_mm3": volume_factor * min(volumes), "max_components": max(components),
             "rule": f"volume >= {volume_factor:g} x the smallest of {len(volumes)} training organs; no more parts "
-                    "(26-connected) than any of them",
+                    "(26-connected, each >= 5% of the organ) than any of them",
             "training_volume_mm3_range": [min(volumes), max(volumes)]}
 
 
