@@ -204,7 +204,7 @@ def organs_for(source: VolumeFile | Path, bundle: Bundle, organ: str | None, sin
     wanted = [organ] if organ else bundle.organs
     if isinstance(source, Path):  # a per-organ folder
         return [o for o in wanted if organ_file_in(source, o) is not None]
-    values = np.unique(source.array)
+    values = source.values
     named = organ_of_file_stem(strip_volume_suffix(source.path.name))
     binary = bool(np.all(np.isin(values, (0, 1))))
     if source.label_names is None:
@@ -236,7 +236,7 @@ def _unplanned_reason(source: VolumeFile | Path, bundles: list[Bundle], organ: s
     organs = sorted({o for b in bundles for o in b.organs})
     if isinstance(source, Path):
         return f"organ_absent: no file for {', '.join(organs)} in this folder"
-    values = np.unique(source.array)
+    values = source.values
     if np.all(np.isin(values, (0, 1))) and source.label_names is None and organ is None:
         return ("organ_unknown: a binary mask whose file name names no organ, with several bundles; name the file "
                 "after its organ (e.g. adrenal_gland_left.nii.gz) or pass --organ")

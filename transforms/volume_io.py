@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,11 @@ class VolumeFile:
     array: np.ndarray
     affine: np.ndarray
     label_names: dict[int, str] | None
+
+    @cached_property
+    def values(self) -> np.ndarray:
+        """The distinct voxel values, sorted (computed once: every bundle's organ planning asks for them)."""
+        return np.unique(self.array)
 
     def __str__(self) -> str:
         return str(self.path)
