@@ -28,8 +28,9 @@ from shapeqc.evaluation import corruptions
 from shapeqc.evaluation.statistics import auroc, roc_points
 from shapeqc.thresholds import METRICS, badness, is_worse, metric_rule
 from shapeqc.transforms.corruption import stable_seed
-from shapeqc.transforms.organ_loading import load_organ_mask
+from shapeqc.transforms.organ_loading import load_item_mask
 from shapeqc.transforms.reslice import reslice_mask
+from shapeqc.transforms.volume_io import voxel_spacing
 
 # the calibration's corruptions, by name from the one family registry (shapeqc.evaluation.corruptions) at one
 # severity each: what the family report of docs/calibration_*.json shows beside the thresholds
@@ -75,11 +76,11 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     clean_scores, family_scores = [], {name: [] for name in CALIBRATION_FAMILIES}
     volume_change = {name: [] for name in CALIBRATION_FAMILIES}
     start = time.perf_counter()
+    spacings = []
     for item in items:
-        mask, affine, _ = load_organ_mask(item["mask"], organ=item.get("organ"), affine=item.get("affine"),
-                                          npz_array=item.get("npz_array"), npz_index=item.get("npz_index"),
-                                          labels=item.get("labels"))
+        mask, affine = load_item_mask(item)
         mask, affine = acquisition(mask, affine, spacing_mm, item["case_id"])
+        spacings.append(sorted(voxel_spacing(affine)))
         mask = mask.astype(bool)
         # the item's own organ decides mirroring (left and right glands of one bundle); ``organ`` otherwise
         item_organ = item.get("organ") or organ
@@ -108,6 +109,8 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     profile = {"spacing_mm": None if spacing_mm is None else [float(v) for v in spacing_mm], "metrics": metrics,
                "target_fpr": target_fpr, "clean_cases": len(clean_scores), "data": data_description,
                "refine_steps": bundle.refine_steps,
+               # the clean masks' median voxel size (sorted, mm): where the profile stands among input spacings
+               "data_spacing_mm": [round(float(v), 3) for v in np.median(spacings, axis=0)] if spacings else None,
                "date": date.today().isoformat(), "bundle_version": bundle.metadata.get("version")}
     report = {"thresholds": profile, "families": families_report, "seconds": round(time.perf_counter() - start, 1),
               "clean_scores": clean_scores, "family_scores": family_scores}
@@ -172,9 +175,7 @@ def plausibility_bounds(items: list[dict], volume_factor: float = 0.5) -> dict:
     (:func:`shapeqc.analysis.substantial_parts`) any training organ has."""
     volumes, components = [], []
     for item in items:
-        mask, affine, _ = load_organ_mask(item["mask"], organ=item.get("organ"), affine=item.get("affine"),
-                                          npz_array=item.get("npz_array"), npz_index=item.get("npz_index"),
-                                          labels=item.get("labels"))
+        mask, affine = load_item_mask(item)
         if not mask.any():
             continue
         volumes.append(float(mask.sum()) * float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))))

@@ -83,6 +83,16 @@ def label_map_folder_items(folder: str | os.PathLike, organ: str, labels: list[i
         yield {**item, "organ": organ, "labels": list(labels)}
 
 
+def paired_label_map_items(folder: str | os.PathLike, organ: str, labels: list[int]) -> Iterator[dict]:
+    """Two items per label-map file in ``folder`` holding a paired organ on both sides under the same ``labels``
+    (KiTS: kidney 1, tumour 2, cyst 3, both kidneys alike): ``{organ}_left`` and ``{organ}_right``, each with its
+    ``side`` for the loader (:func:`shapeqc.transforms.organ_loading.organ_on_side`). Case id = file name without
+    suffix, shared by the two sides (so a split by case keeps them together)."""
+    for item in nifti_folder_items(folder):
+        for side in ("left", "right"):
+            yield {**item, "organ": f"{organ}_{side}", "labels": list(labels), "side": side}
+
+
 def adrenalmnist3d_items(npz_path: str | os.PathLike, arrays: tuple[str, ...] = ADRENALMNIST_ARRAYS,
                          load: bool = False) -> Iterator[dict]:
     """One item per mask of the AdrenalMNIST3D npz (64^3, 1 mm isotropic, so the affine is the identity).

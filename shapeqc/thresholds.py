@@ -92,7 +92,8 @@ def select_profile(thresholds: dict | None, spacing_mm, oblique: bool = False) -
 
     Distance: the sum of |log ratio| over the sorted spacings, plus :data:`ORIENTATION_MISMATCH` when the
     profile's orientation differs from the input's. A profile "as given" (spacing None) stands for the
-    calibration data's own masks, axis-aligned at 1 mm; a profile with a spacing was calibrated on masks
+    calibration data's own masks, axis-aligned at their median voxel size (``data_spacing_mm``; 1 mm for a
+    profile calibrated before it was recorded); a profile with a spacing was calibrated on masks
     re-sliced at that spacing with a seeded tilt (``shapeqc.calibration.acquisition``), so it stands for oblique
     inputs. A clean oblique 1 mm mask thus meets the tilted 1 mm profile where the bundle has one, not the
     axis-aligned threshold that its resampling loss would fall below.
@@ -103,7 +104,8 @@ def select_profile(thresholds: dict | None, spacing_mm, oblique: bool = False) -
     target = np.sort(np.asarray(spacing_mm, dtype=float))
 
     def distance(profile):
-        reference = np.sort(np.asarray(profile.get("spacing_mm") or (1.0, 1.0, 1.0), dtype=float))
+        reference = np.sort(np.asarray(profile.get("spacing_mm") or profile.get("data_spacing_mm") or (1.0, 1.0, 1.0),
+                                       dtype=float))
         tilted = profile.get("spacing_mm") is not None
         return float(np.sum(np.abs(np.log(target / reference)))) + (ORIENTATION_MISMATCH if tilted != oblique else 0)
 

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shapeqc.datasets import adrenalmnist3d_items, headneck_tree_items, label_map_folder_items, split_items
+from shapeqc.datasets import (
+    adrenalmnist3d_items,
+    headneck_tree_items,
+    label_map_folder_items,
+    paired_label_map_items,
+    split_items,
+)
 from shapeqc.transforms.errors import SegmentationInputError
 from shapeqc.transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd
 
@@ -14,19 +22,33 @@ logger = logging.getLogger("shapeqc.training_data")
 ADRENALMNIST_FILE = "adrenalmnist3d/adrenalmnist3d_64_trainval.npz"
 HEADNECK_TREE = "tcia_headneck_oar/test"
 HIPPOCAMPUS_LABELS = "msd_hippocampus/labels"
+KITS_CASES = "kits23_kidney/cases"
+# KiTS labels 1 kidney, 2 tumour, 3 cyst: the organ's outline, as a segmenter such as TotalSegmentator labels a kidney
+KITS_KIDNEY_LABELS = [1, 2, 3]
+LITS_MASKS = "lits_liver/masks"
+# LiTS volumes 28-47 as stored carry a default identity header (1 mm, origin 0; their livers lie on the patient's
+# left): millimetres and laterality are meaningless, so they are never used (lits_liver/README.md, Known problems)
+LITS_IDENTITY_HEADER_CASES = tuple(f"liver_{number:03d}" for number in range(28, 48))
+MSD_SPLEEN_LABELS = "msd_spleen/labels"
 
 
 def judged_items(items: list[dict], check_border: bool = True) -> tuple[list[dict], list[dict]]:
     """Split items into (usable, rejected records): rejected are those a loader or organ check refuses
     (empty, truncated by the border, unreadable, ...). Nothing is dropped silently: rejects are logged."""
     load, check = LoadOrganMaskd("mask"), CheckOrganMaskd("mask", check_border=check_border)
-    usable, rejected = [], []
-    for item in items:
+
+    def refusal(item: dict) -> dict | None:
         try:
             check(load(dict(item)))
-            usable.append(item)
+            return None
         except SegmentationInputError as error:
-            rejected.append({"case_id": item.get("case_id"), **error.as_record()})
+            return {"case_id": item.get("case_id"), **error.as_record()}
+
+    # decompression and labelling release the GIL: threads read a few hundred label maps several times faster
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        refusals = list(pool.map(refusal, items))
+    usable = [item for item, refused in zip(items, refusals, strict=True) if refused is None]
+    rejected = [refused for refused in refusals if refused is not None]
     counts: dict[str, int] = {}
     for record in rejected:
         counts[record["error"]] = counts.get(record["error"], 0) + 1
@@ -100,12 +122,43 @@ def headneck_split(dataset_dir: str, organs: list[str], split: str, train_rater:
 
 
 def label_map_split(dataset_dir: str, organ: str, labels: list[int], split: str, val_fraction: float = 0.15,
-                    seed: int = 0, limit: int | None = None, folder: str = HIPPOCAMPUS_LABELS) -> list[dict]:
+                    seed: int = 0, limit: int | None = None, folder: str = HIPPOCAMPUS_LABELS,
+                    exclude: tuple[str, ...] = (), paired: bool = False) -> list[dict]:
     """Usable items ("train" or "val", seeded split by case) of a folder of label maps whose ``labels`` make up
-    ``organ`` (default: the MSD hippocampus labels under the shared data folder)."""
+    ``organ`` (default: the MSD hippocampus labels under the shared data folder). ``exclude``: case ids never
+    used (logged). ``paired``: each map holds ``organ`` on both sides under ``labels`` (KiTS kidneys): two items
+    per map, ``{organ}_left`` and ``{organ}_right`` (:func:`shapeqc.datasets.paired_label_map_items`)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    items = list(label_map_folder_items(_dataset_folder(dataset_dir, folder), organ, labels))
+    root = _dataset_folder(dataset_dir, folder)
+    reader = paired_label_map_items if paired else label_map_folder_items
+    items = [item for item in reader(root, organ, labels) if item["case_id"] not in exclude]
+    if exclude:
+        logger.info("%s: %d excluded case ids never used", folder, len(exclude))
     splits = split_items(items, seed=seed, val_fraction=val_fraction)
     usable, _ = judged_items(splits["training" if split == "train" else "validation"])
     return usable[:limit] if limit else usable
+
+
+def kits_kidney_split(dataset_dir: str, split: str, val_fraction: float = 0.15, seed: int = 0,
+                      limit: int | None = None) -> list[dict]:
+    """Usable kidney items (``kidney_left`` / ``kidney_right``; kidney + tumour + cyst) of the KiTS23 label maps,
+    split by case (both kidneys of a case in one split). Maps without exactly two kidney-sized parts (solitary and
+    fused kidneys) are rejected for both sides and counted in the log."""
+    return label_map_split(dataset_dir, "kidney", KITS_KIDNEY_LABELS, split, val_fraction=val_fraction, seed=seed,
+                           limit=limit, folder=KITS_CASES, paired=True)
+
+
+def lits_liver_split(dataset_dir: str, split: str, val_fraction: float = 0.2, seed: int = 0,
+                     limit: int | None = None) -> list[dict]:
+    """Usable LiTS liver masks (liver including its tumours), split by case; the 20 identity-header cases are
+    never used (:data:`LITS_IDENTITY_HEADER_CASES`)."""
+    return label_map_split(dataset_dir, "liver", [1], split, val_fraction=val_fraction, seed=seed, limit=limit,
+                           folder=LITS_MASKS, exclude=LITS_IDENTITY_HEADER_CASES)
+
+
+def msd_spleen_split(dataset_dir: str, split: str, val_fraction: float = 0.25, seed: int = 0,
+                     limit: int | None = None) -> list[dict]:
+    """Usable MSD Task09 spleen masks, split by case (``spleen_26``, cut by its scan's border, is rejected)."""
+    return label_map_split(dataset_dir, "spleen", [1], split, val_fraction=val_fraction, seed=seed, limit=limit,
+                           folder=MSD_SPLEEN_LABELS)

@@ -59,3 +59,9 @@ def mixed_organs(tmp_path_factory, headneck_tree, hippocampus_labels, totalseg):
     (folder / "hippocampus_001.nii.gz").symlink_to(hippocampus_labels / "hippocampus_001.nii.gz")
     (folder / "ts_map.nii.gz").symlink_to(totalseg / "v2_multilabel_seg.nii.gz")
     return folder, scan.name
+
+
+@pytest.fixture(scope="session")
+def kits_cases() -> Path:
+    """KiTS23 label maps cropped around the kidneys (1 kidney, 2 tumour, 3 cyst; both kidneys share label 1)."""
+    return _require(SHARED_DATA / "kits23_kidney" / "cases")

@@ -128,6 +128,18 @@ def test_profile_selection_by_spacing():
     assert select_profile(None, (1.0, 1.0, 1.0)) is None
 
 
+def test_an_as_given_profile_stands_at_its_data_median_spacing():
+    """A bundle calibrated on thick-slice CT masks as given (KiTS: 0.78 x 0.78 x 5 mm) is chosen for such inputs,
+    and a 1 mm input meets the re-sliced profile nearer to it, not the as-given one assumed at 1 mm."""
+    from shapeqc.thresholds import select_profile
+
+    thresholds = {"profiles": [{"spacing_mm": None, "data_spacing_mm": [0.78, 0.78, 5.0], "metrics": {}},
+                               {"spacing_mm": [1.0, 1.0, 1.0], "metrics": {}}]}
+    assert select_profile(thresholds, (0.8, 0.8, 5.0))["spacing_mm"] is None
+    assert select_profile(thresholds, (1.0, 1.0, 1.0), oblique=True)["spacing_mm"] == [1.0, 1.0, 1.0]
+    assert select_profile(thresholds, (1.0, 1.0, 1.0))["spacing_mm"] == [1.0, 1.0, 1.0]
+
+
 def test_coarse_to_fine_equals_dense_decoding_on_real_cases(bundle, adrenal_val_masks):
     import torch
 

@@ -35,6 +35,7 @@ from shapeqc.transforms.errors import (
     TruncatedOrganError,
     UnknownOrganError,
     UnreadableImageError,
+    UnsplitSidesError,
 )
 from shapeqc.transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
 from shapeqc.transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd, check_organ_mask, load_organ_mask
@@ -74,6 +75,7 @@ __all__ = [
     "UnknownOrganError",
     "UnpackGridd",
     "UnreadableImageError",
+    "UnsplitSidesError",
     "check_organ_mask",
     "class_map",
     "detect_map_version",

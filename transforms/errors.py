@@ -100,6 +100,14 @@ class TruncatedOrganError(SegmentationInputError):
     code = "truncated"
 
 
+class UnsplitSidesError(SegmentationInputError):
+    """A label map holding a paired organ on both sides under one label (KiTS: both kidneys are label 1) does not
+    hold exactly two organ-sized parts, so its left and right organs cannot be told apart (a solitary or a fused
+    horseshoe kidney)."""
+
+    code = "sides_not_separable"
+
+
 ALL_ERRORS = (
     MissingFileError,
     UnreadableImageError,
@@ -112,4 +120,5 @@ ALL_ERRORS = (
     OrganAbsentError,
     EmptyMaskError,
     TruncatedOrganError,
+    UnsplitSidesError,
 )

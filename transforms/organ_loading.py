@@ -9,7 +9,8 @@ Accepted sources:
   file may also be NRRD and carry another source's name for the organ (``Parotid-Lt.nrrd``, see
   :data:`shapeqc.transforms.class_maps.ORGAN_FILE_ALIASES`);
 - a dataset label map whose labels, all of them, make up one organ (MSD hippocampus: 1 anterior, 2 posterior),
-  with ``labels`` naming them;
+  with ``labels`` naming them; with ``side`` too, a map holding a paired organ on both sides under the same labels
+  (KiTS: both kidneys are label 1), of which the organ on that side is kept (:func:`organ_on_side`);
 - an AdrenalMNIST3D-style ``.npz`` file with an array name and index (MedMNIST stores masks as 0/255);
 - an in-memory array with its affine.
 """
@@ -34,6 +35,7 @@ from shapeqc.transforms.errors import (
     TruncatedOrganError,
     UnknownOrganError,
     UnreadableImageError,
+    UnsplitSidesError,
 )
 from shapeqc.transforms.volume_io import (
     VolumeFile,
@@ -80,6 +82,7 @@ def load_organ_mask(
     npz_array: str | None = None,
     npz_index: int | None = None,
     labels: Sequence[int] | None = None,
+    side: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Load one organ as ``(mask (D, H, W) bool, affine (4, 4) float64, info)``.
 
@@ -88,6 +91,8 @@ def load_organ_mask(
     ``labels``: the label values that together make up the organ in a dataset's own label map (a bundle's
     ``organ_labels``). They are used for a file without a label table whose values all lie in ``{0} + labels``;
     any other file (a TotalSegmentator map, a binary mask) is read as usual.
+    ``side`` ("left" or "right"): the file holds the organ of both sides (KiTS); keep this side's one
+    (:func:`organ_on_side`).
 
     ``info`` records how it was read: ``{"form": "binary" | "multilabel" | "label_set" | "organ_folder" | "npz"
     | "array", "map_version": "v1" | "v2" | "" (not a label map), "label": int (0: not a label map)}``; no None values,
@@ -101,6 +106,10 @@ def load_organ_mask(
         volume = validate_volume(source, None)
         return binary_mask(volume, None), validate_affine(affine, None), {"form": "array", "map_version": "",
                                                                          "label": 0}
+    if side is not None:
+        mask, affine, info = load_organ_mask(source, organ, map_version, affine, npz_array, npz_index, labels)
+        path = source.path if isinstance(source, VolumeFile) else None if isinstance(source, np.ndarray) else source
+        return organ_on_side(mask, affine, side, path), affine, info
     if isinstance(source, VolumeFile):
         return _organ_in_volume(source, organ, map_version, labels)
     path = Path(source)
@@ -148,6 +157,41 @@ def _organ_in_volume(source: VolumeFile, organ: str | None, map_version: str,
     if not mask.any():
         raise OrganAbsentError(path, f"organ {organ!r} (label {label}, map {map_version}) is absent from this map")
     return mask, file_affine, {"form": "multilabel", "map_version": map_version, "label": int(label)}
+
+
+# A kidney holds 100-250 ml; what is left beside the two kidneys of a KiTS map after the union of its labels is a
+# few specks and small cysts of under 1 ml. 20 ml is the index's own "organ-sized" bar (its n_components_over_20ml).
+SIDE_PART_MIN_ML = 20.0
+
+
+def organ_on_side(mask: np.ndarray, affine: np.ndarray, side: str, path: str | os.PathLike | None) -> np.ndarray:
+    """The organ on ``side`` of a (D, H, W) bool mask holding a paired organ on both sides (KiTS kidneys).
+
+    The mask must hold exactly two 26-connected parts of at least :data:`SIDE_PART_MIN_ML`; the patient's right
+    one is the part whose centroid has the larger RAS x (NIfTI world +x points to the patient's right), whatever
+    the array order. Smaller parts are dropped. Raises :class:`UnsplitSidesError` (naming ``path``) for one such
+    part (a solitary or a fused horseshoe kidney) or more than two.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    from scipy import ndimage
+
+    parts, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
+    foreground = np.nonzero(parts)
+    part_of = parts[foreground]
+    sizes = np.bincount(part_of, minlength=count + 1)
+    organ_sized = np.flatnonzero(sizes[1:] * voxel_ml >= SIDE_PART_MIN_ML) + 1
+    if len(organ_sized) != 2:
+        raise UnsplitSidesError(path, f"{len(organ_sized)} part(s) of at least {SIDE_PART_MIN_ML:g} ml where a left "
+                                      "and a right organ need 2 (a solitary or fused organ): the sides cannot be "
+                                      "told apart")
+    # per-part voxel-index sums over the foreground only (ndimage.center_of_mass scans the whole array per part)
+    centroids = np.stack([np.bincount(part_of, weights=axis_index, minlength=count + 1)[organ_sized]
+                          for axis_index in foreground], axis=1) / sizes[organ_sized, None]
+    world_x = centroids @ np.asarray(affine, float)[0, :3] + float(affine[0, 3])
+    right, left = organ_sized[np.argsort(-world_x)]
+    return parts == (right if side == "right" else left)
 
 
 def is_label_set_map(values: np.ndarray, labels: Sequence[int]) -> bool:
@@ -198,7 +242,8 @@ class LoadOrganMaskd(MapTransform):
     Writes, per key: the mask as (D, H, W) uint8; ``affine`` (4, 4) float64 into ``affine_key``; the source's
     description into ``source_key`` (for error logs) and how it was read into ``f"{key}_load"``.
     The organ name comes from ``organ`` or, per item, from ``data[organ_key]``; the label values making up the
-    organ in a dataset label map from ``labels`` or, per item, ``data[labels_key]`` (see :func:`load_organ_mask`).
+    organ in a dataset label map from ``labels`` or, per item, ``data[labels_key]``; the side to keep of a map
+    holding both sides' organ under one label from ``data[side_key]`` (see :func:`load_organ_mask`).
     """
 
     def __init__(
@@ -211,9 +256,11 @@ class LoadOrganMaskd(MapTransform):
         source_key: str = "source",
         labels: Sequence[int] | None = None,
         labels_key: str = "labels",
+        side_key: str = "side",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.side_key = side_key
         self.labels = None if labels is None else tuple(int(v) for v in labels)
         self.labels_key = labels_key
         self.organ = organ
@@ -230,13 +277,20 @@ class LoadOrganMaskd(MapTransform):
             mask, affine, info = load_organ_mask(
                 d[key], organ=organ, map_version=d.get("map_version", self.map_version),
                 affine=d.get(self.affine_key), npz_array=d.get("npz_array"), npz_index=d.get("npz_index"),
-                labels=d.get(self.labels_key, self.labels),
+                labels=d.get(self.labels_key, self.labels), side=d.get(self.side_key),
             )
             d[key] = mask.astype(np.uint8)
             d[self.affine_key] = affine
             d[self.source_key] = description
             d[f"{key}_load"] = info
         return d
+
+
+def load_item_mask(item: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """``(mask (D, H, W) bool, affine (4, 4))`` of one datalist item (``mask`` plus any of ``organ``, ``affine``,
+    ``labels``, ``side``, ``npz_array``/``npz_index``, ``map_version``): the one way items are read."""
+    loaded = LoadOrganMaskd("mask")(dict(item))
+    return loaded["mask"] > 0, loaded["affine"]
 
 
 class CheckOrganMaskd(MapTransform):
@@ -265,4 +319,4 @@ class CheckOrganMaskd(MapTransform):
 
 __all__: Sequence[str] = ["LoadOrganMaskd", "CheckOrganMaskd", "load_organ_mask", "check_organ_mask",
                           "touches_border", "read_npz_mask", "organ_file_in",
-                          "is_label_set_map"]
+                          "is_label_set_map", "organ_on_side", "load_item_mask"]
