@@ -10,6 +10,10 @@ preparation, no region). Its binary result is compared voxel by voxel with the a
 Each bundle runs in its own process so that its peak resident memory is its own.
 
     python benchmarks/bench_analysis.py [--cases 3]
+    python benchmarks/bench_analysis.py --bundle bundles/kidney [--bundle ...] [--cases 3]
+
+With ``--bundle``, each trained bundle is timed instead on its own first held-out masks (``validate#datalist``)
+as stored (their own voxel grids, e.g. KiTS's 0.8 x 0.8 x 5 mm), one process per bundle.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def load(kind: str):
 
     if kind == "shipped":
         return load_bundle(ROOT / "bundles" / "adrenal_gland")
+    if kind not in BUNDLES:  # a trained bundle's folder
+        return load_bundle(kind)
     torch.manual_seed(0)
     from monai.transforms import Activationsd
 
@@ -72,13 +78,14 @@ def child(kind: str, cases: int, work: Path) -> None:
     from shapeqc.transforms.canonical_grid import CanonicalGrid, grid_to_source
 
     bundle = load(kind)
+    organs = json.loads((work / "organs.json").read_text()) if (work / "organs.json").exists() else {}
     for index in range(cases):
         path = str(work / f"case{index}.nii.gz")
-        out = work / kind / str(index)
-        record = analyse_organ(path, "adrenal_gland_left", bundle, out, f"case{index}")
+        out = work / Path(kind).name / str(index)
+        organ = organs.get(str(index), "adrenal_gland_left")
+        record = analyse_organ(path, organ, bundle, out, f"case{index}")
         image = nibabel.load(path)
-        item = bundle.to_grid({"mask": np.asarray(image.dataobj), "affine": image.affine,
-                               "organ": "adrenal_gland_left"})
+        item = bundle.to_grid({"mask": np.asarray(image.dataobj), "affine": image.affine, "organ": organ})
         grid = torch.from_numpy(item["mask"].astype(np.float32))[None]
         start = time.perf_counter()
         dense = grid_logits(_PlainDecoder(bundle.network), grid, margin=None)[0, 0]
@@ -94,7 +101,8 @@ def child(kind: str, cases: int, work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=3)
-    parser.add_argument("--child", choices=sorted(BUNDLES), help=argparse.SUPPRESS)
+    parser.add_argument("--bundle", action="append", default=[], help="a trained bundle, on its own val masks")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -103,16 +111,30 @@ def main() -> None:
     from shapeqc.transforms.reslice import reslice_mask
     from shapeqc.transforms.volume_io import write_volume
 
-    with np.load(NPZ) as archive:
-        masks = archive["val_images"][: args.cases] > 0
-    work = Path(tempfile.mkdtemp())
-    for index, mask in enumerate(masks):
-        ct_like, affine = reslice_mask(mask, np.eye(4), (0.8, 0.8, 2.5), (10.0, -15.0, 30.0))
-        write_volume(work / f"case{index}.nii.gz", ct_like, affine)
+    runs = {}
+    for bundle_dir in args.bundle:  # each on its own held-out masks as stored
+        from shapeqc.bundles import bundle_datalist
+        from shapeqc.transforms.organ_loading import load_item_mask
+
+        work = Path(tempfile.mkdtemp())
+        items = bundle_datalist(bundle_dir, str(ROOT.parent / "shared" / "data"), "validate#datalist")[: args.cases]
+        for index, item in enumerate(items):
+            mask, affine = load_item_mask(item)
+            write_volume(work / f"case{index}.nii.gz", mask.astype(np.uint8), affine)
+        (work / "organs.json").write_text(json.dumps({str(i): item.get("organ") for i, item in enumerate(items)}))
+        runs[str(bundle_dir)] = (f"{Path(bundle_dir).name} bundle, its val masks as stored", work)
+    if not args.bundle:
+        with np.load(NPZ) as archive:
+            masks = archive["val_images"][: args.cases] > 0
+        work = Path(tempfile.mkdtemp())
+        for index, mask in enumerate(masks):
+            ct_like, affine = reslice_mask(mask, np.eye(4), (0.8, 0.8, 2.5), (10.0, -15.0, 30.0))
+            write_volume(work / f"case{index}.nii.gz", ct_like, affine)
+        runs = {kind: (name, work) for kind, name in BUNDLES.items()}
     print("| bundle | case | load | normalize | encode | decode | map back | metrics | outputs | total s "
           "| decoded / voxels | research-route decode s (dense, plain) | ratio | mismatches | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for kind, name in BUNDLES.items():
+    for kind, (name, work) in runs.items():
         lines = subprocess.run([sys.executable, __file__, "--child", kind, "--cases", str(args.cases),
                                 "--work", str(work)], check=True, capture_output=True, text=True).stdout
         rows = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]

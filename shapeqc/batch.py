@@ -38,7 +38,7 @@ from shapeqc.bundles import Bundle
 from shapeqc.datasets import SEGMENTATION_FOLDER
 from shapeqc.records import Record, error_record, record_json
 from shapeqc.reports import write_atomic, write_reports
-from shapeqc.transforms.class_maps import class_map, detect_map_version, organ_of_file_stem
+from shapeqc.transforms.class_maps import class_map, organ_of_file_stem
 from shapeqc.transforms.errors import NonBinaryMaskError, SegmentationInputError, UnknownOrganError
 from shapeqc.transforms.organ_loading import is_label_set_map, organ_file_in
 from shapeqc.transforms.volume_io import VolumeFile, is_volume_path, read_volume_file, strip_volume_suffix
@@ -227,7 +227,7 @@ def organs_for(source: VolumeFile | Path, bundle: Bundle, organ: str | None, sin
                                                   "label numbers")
     if organ:
         return [organ] if organ in bundle.organs else []  # absent from the map: the record says so
-    names = source.label_names or class_map(detect_map_version(source.array.astype(int), source.affine))
+    names = source.label_names or class_map(source.map_version)
     present = {names[int(v)] for v in values if int(v) in names}
     return [o for o in wanted if o in present]
 

@@ -104,3 +104,30 @@ def test_unknown_organ_name_gives_typed_error(totalseg):
         with pytest.raises(errors.UnknownOrganError) as caught:
             LoadOrganMaskd("mask", organ="adrenal_gland_middle")({"mask": str(totalseg / source)})
         assert str(totalseg / source) in str(caught.value)
+
+
+def test_a_headerless_map_version_is_detected_once_per_case(totalseg, tmp_path, monkeypatch):
+    """A v1 map without a label table through every trained bundle: the version is detected once for the case (it
+    took 0.65 s on this small map, once per bundle and organ before), and every organ is read as v1."""
+    from pathlib import Path
+
+    from shapeqc.batch import analyse_case
+    from shapeqc.bundles import load_trained_bundles
+    from shapeqc.transforms import class_maps
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return detect_map_version(*args, **kwargs)
+
+    from shapeqc import batch
+    from shapeqc.transforms import organ_loading
+
+    for module in (class_maps, batch, organ_loading):  # wherever a caller may hold the name
+        monkeypatch.setattr(module, "detect_map_version", counted, raising=False)
+    bundles = load_trained_bundles([Path(__file__).resolve().parents[1] / "bundles"])
+    records = analyse_case("v1", str(totalseg / "v1_multilabel_seg.nii.gz"), bundles, tmp_path)
+    assert len(calls) == 1
+    judged = [r for r in records if r["status"] in ("ok", "outlier")]
+    assert judged and {r["organ"] for r in judged} >= {"adrenal_gland_left", "adrenal_gland_right"}

@@ -26,7 +26,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from shapeqc.transforms.class_maps import MAP_VERSIONS, class_map, detect_map_version, label_of, organ_file_stems
+from shapeqc.transforms.class_maps import MAP_VERSIONS, class_map, label_of, organ_file_stems
 from shapeqc.transforms.errors import (
     EmptyMaskError,
     MissingFileError,
@@ -148,7 +148,7 @@ def _organ_in_volume(source: VolumeFile, organ: str | None, map_version: str,
         raise NonBinaryMaskError(path, "a label map must hold whole numbers, found fractional values")
     label_map = volume.astype(np.int32, copy=False)
     if map_version == "auto":
-        map_version = detect_map_version(label_map, file_affine, header_labels)
+        map_version = source.map_version
     elif map_version not in MAP_VERSIONS:
         raise ValueError(f"map_version must be 'auto' or one of {MAP_VERSIONS}, got {map_version!r}")
     labels = header_labels or class_map(map_version)

@@ -176,6 +176,14 @@ class VolumeFile:
         """The distinct voxel values, sorted (computed once: every bundle's organ planning asks for them)."""
         return np.unique(self.array)
 
+    @cached_property
+    def map_version(self) -> str:
+        """The TotalSegmentator class map ("v1" or "v2") this file would be read with as a multi-label map, detected
+        once per read (:func:`shapeqc.transforms.class_maps.detect_map_version`: every bundle and organ asks)."""
+        from shapeqc.transforms.class_maps import detect_map_version
+
+        return detect_map_version(self.array.astype(np.int32, copy=False), self.affine, self.label_names)
+
     def __str__(self) -> str:
         return str(self.path)
 
