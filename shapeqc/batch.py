@@ -8,7 +8,8 @@ planned from that read, and each organ any bundle covers is analysed:
   and must hold 0/1 only; any other binary mask is the organ given with ``--organ``, else the organ of the single
   bundle given; with several bundles and no name it is ``not_judged: organ unknown``;
 - a label map whose values all belong to one organ's label set (a bundle's ``organ_labels``, e.g. the MSD
-  hippocampus labels 1 and 2) is that organ;
+  hippocampus labels 1 and 2) is that organ, and only that organ: the other bundles do not read it as a
+  TotalSegmentator map (whose labels 1 and 2 are spleen and right kidney);
 - a multi-label map or a TotalSegmentator folder is searched for every organ the bundles cover; organs absent from
   it are skipped (a TotalSegmentator map lists far more organs than any case holds), and a case holding none of
   them gets one ``not_judged: organ absent`` record, so no case vanishes.
@@ -198,6 +199,19 @@ def known_organ(organ: str, bundles: list[Bundle]) -> str:
     return organ
 
 
+def label_set_organs(source: VolumeFile | Path, bundle: Bundle, organ: str | None) -> list[str]:
+    """The organs of ``bundle`` whose own label set (``organ_labels``) holds every value of a headerless,
+    non-binary label map (a dataset's map of one organ: hippocampus 1 + 2); [] for anything else. A plain 0/1
+    mask is no evidence of such a map."""
+    if isinstance(source, Path) or source.label_names is not None:
+        return []
+    values = source.values
+    if np.all(np.isin(values, (0, 1))):
+        return []
+    wanted = [organ] if organ else bundle.organs
+    return [o for o in wanted if o in bundle.organ_labels and is_label_set_map(values, bundle.organ_labels[o])]
+
+
 def organs_for(source: VolumeFile | Path, bundle: Bundle, organ: str | None, single_bundle: bool) -> list:
     """Which organs of ``bundle`` to analyse in one case (see the module doc): ``source`` is the case's file,
     read once, or its per-organ folder."""
@@ -208,9 +222,7 @@ def organs_for(source: VolumeFile | Path, bundle: Bundle, organ: str | None, sin
     named = organ_of_file_stem(strip_volume_suffix(source.path.name))
     binary = bool(np.all(np.isin(values, (0, 1))))
     if source.label_names is None:
-        # a dataset's own label map of one organ (hippocampus 1 + 2); a plain 0/1 mask is no evidence of one
-        in_label_set = [o for o in wanted if o in bundle.organ_labels and not binary
-                        and is_label_set_map(values, bundle.organ_labels[o])]
+        in_label_set = label_set_organs(source, bundle, organ)
         if in_label_set:
             return in_label_set
         if named is not None and not binary:
@@ -262,8 +274,10 @@ def analyse_case(case: str, path: str, bundles: list[Bundle], out_dir: str | os.
     names = ", ".join(b.name for b in bundles)
     try:
         source: VolumeFile | Path = Path(path) if Path(path).is_dir() else read_volume_file(path)
-        jobs = [(target, bundle) for bundle in bundles
-                for target in organs_for(source, bundle, organ, single_bundle=len(bundles) == 1)]
+        # a map some bundle claims as its organ's own label set is that dataset's map, for every bundle
+        jobs = [(target, bundle) for bundle in bundles for target in label_set_organs(source, bundle, organ)]
+        jobs = jobs or [(target, bundle) for bundle in bundles
+                        for target in organs_for(source, bundle, organ, single_bundle=len(bundles) == 1)]
         if not jobs:
             records = [error_record(case, path, organ, names, _unplanned_reason(source, bundles, organ),
                                     status="not_judged")]
