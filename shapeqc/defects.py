@@ -38,9 +38,14 @@ def difference_map(segmentation: np.ndarray, reconstruction: np.ndarray) -> np.n
     return out
 
 
-def defect_components(difference: np.ndarray, affine: np.ndarray, min_volume_ml: float = 0.01) -> list[Defect]:
-    """Connected components (26-connectivity) of each kind at least ``min_volume_ml`` large, largest first."""
+def defect_components(difference: np.ndarray, affine: np.ndarray, min_volume_ml: float = 0.01,
+                      offset: tuple[int, int, int] = (0, 0, 0)) -> list[Defect]:
+    """Connected components (26-connectivity) of each kind at least ``min_volume_ml`` large, largest first.
+
+    ``difference`` may be a box cut from the volume ``affine`` belongs to: ``offset`` is the voxel index of its
+    first voxel there, and centroids and bounding boxes are given in that volume."""
     affine = np.asarray(affine, dtype=np.float64)
+    offset = np.asarray(offset, dtype=np.int64)
     voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
     defects = []
     for code, kind in ((OVER, "over"), (UNDER, "under")):
@@ -54,8 +59,8 @@ def defect_components(difference: np.ndarray, affine: np.ndarray, min_volume_ml:
             volume = float(sizes[index] * voxel_ml)
             if volume < min_volume_ml:
                 continue
-            centre = affine[:3, :3] @ np.asarray(centroids[index]) + affine[:3, 3]
-            box = slices[index]
+            centre = affine[:3, :3] @ (np.asarray(centroids[index]) + offset) + affine[:3, 3]
+            box = [slice(s.start + o, s.stop + o) for s, o in zip(slices[index], offset, strict=True)]
             defects.append(Defect(kind=kind, voxels=int(sizes[index]), volume_ml=round(volume, 4),
                                   centroid_mm=tuple(round(float(c), 2) for c in centre),
                                   bbox=(tuple(int(s.start) for s in box), tuple(int(s.stop) - 1 for s in box))))

@@ -10,7 +10,7 @@ Euclidean distances in mm from A's surface voxel centres to the nearest surface 
 - ``max_sd_mm``: the largest distance either way (Hausdorff distance).
 
 Both masks empty: Dice 1 and distances 0. Exactly one empty: Dice 0 and distances inf.
-Distance transforms run on the union's bounding box plus a margin, not the whole volume.
+Distances are measured on the union's bounding box plus a margin, between border voxel centres only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from shapeqc.cuda_kernels.boundary_sampling import boundary_face_flags
 from shapeqc.metrics import dice
@@ -51,9 +51,14 @@ def _weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> f
 
 
 def directed_distances(a_border: np.ndarray, b_border: np.ndarray, spacing) -> np.ndarray:
-    """Distances in mm from each border voxel of A (in C order) to the nearest border voxel of B."""
-    distance_to_b = ndimage.distance_transform_edt(~b_border, sampling=spacing)
-    return distance_to_b[a_border]
+    """Distances in mm from each border voxel of A (in C order) to the nearest border voxel of B.
+
+    A k-d tree of B's border voxel centres in mm gives exactly what a distance transform of the box would
+    (tests/test_surface_metrics.py compares them) but costs about a tenth on an organ of millions of voxels: only
+    the border voxels, a few percent of the box, are touched."""
+    scale = np.asarray(spacing, dtype=np.float64)
+    distances, _ = cKDTree(np.argwhere(b_border) * scale).query(np.argwhere(a_border) * scale)
+    return distances
 
 
 def shape_scores(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),

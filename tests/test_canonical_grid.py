@@ -11,6 +11,7 @@ from shapeqc.transforms.canonical_grid import (
     grid_to_source,
     organ_world_bounds,
     plan_canonical_grid,
+    resample_trilinear,
     source_to_grid,
 )
 from shapeqc.transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
@@ -127,3 +128,20 @@ def test_plan_survives_a_json_round_trip(adrenal_val_masks):
     again = CanonicalGrid.from_dict(json.loads(json.dumps(plan.to_dict())))
     np.testing.assert_array_equal(again.grid_to_world, plan.grid_to_world)
     assert (again.zoom, again.mirrored, again.source_shape) == (plan.zoom, plan.mirrored, plan.source_shape)
+
+
+@pytest.mark.parametrize("rotation", [(0.0, 0.0, 0.0), (10.0, -15.0, 30.0)])
+def test_map_back_of_the_grid_box_alone_equals_the_whole_volume(adrenal_val_masks, rotation):
+    """grid_to_source resamples only the source voxels near the grid's cube: a source volume far larger than the
+    cube must get what resampling all of it gives (zero outside the cube, the same values inside)."""
+    mask = adrenal_val_masks[3]
+    source, affine = reslice_mask(mask, np.eye(4), (0.8, 0.8, 2.5), rotation)
+    large = np.zeros((source.shape[0] + 80, source.shape[1] + 60, source.shape[2] + 10), source.dtype)
+    large[40:40 + source.shape[0], 30:30 + source.shape[1], 5:5 + source.shape[2]] = source
+    plan = plan_canonical_grid(large.astype(bool), affine, 1.0, 64, 8)
+    occupancy = source_to_grid(large, plan, binary=False)
+    whole = resample_trilinear(occupancy, np.linalg.inv(plan.grid_to_world) @ plan.source_affine, plan.source_shape)
+    in_box = grid_to_source(occupancy, plan, binary=False)
+    np.testing.assert_allclose(in_box, whole, rtol=0, atol=1e-6)  # the box's own offset rounds differently
+    np.testing.assert_array_equal(grid_to_source(occupancy, plan, binary=True), whole >= 0.5)
+    assert whole[:20].max() == 0 and whole[40:-40].max() > 0.5  # the cube lies inside the larger volume

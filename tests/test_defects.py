@@ -34,3 +34,18 @@ def test_components_sizes_centroids_and_order():
 def test_no_defects():
     seg = np.ones((4, 4, 4), bool)
     assert defect_components(difference_map(seg, seg), np.eye(4)) == []
+
+
+def test_components_of_a_box_are_those_of_the_whole_volume():
+    """analysis finds defects in the box holding segmentation and reconstruction: the offset puts centroids and
+    bounding boxes back where they lie in the whole volume."""
+    seg = np.zeros((40, 30, 50), bool)
+    seg[12:25, 8:20, 20:40] = True
+    rec = seg.copy()
+    rec[12:16, 8:12, 20:30] = False
+    rec[25:27, 10:15, 25:35] = True
+    affine = np.array([[0.0, 0.8, 0.0, -30.0], [2.5, 0.0, 0.0, 12.0], [0.0, 0.0, -0.7, 40.0], [0, 0, 0, 1.0]])
+    whole = defect_components(difference_map(seg, rec), affine)
+    box = (slice(11, 28), slice(7, 21), slice(19, 41))
+    in_box = defect_components(difference_map(seg[box], rec[box]), affine, offset=(11, 7, 19))
+    assert len(whole) == 2 and in_box == whole

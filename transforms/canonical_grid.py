@@ -165,7 +165,20 @@ def grid_to_source(volume: np.ndarray, grid: CanonicalGrid, binary: bool = True)
     Returns an array of ``grid.source_shape``: bool (threshold 0.5) when ``binary``, else float32 (trilinear).
     """
     source_to_grid_index = np.linalg.inv(grid.grid_to_world) @ grid.source_affine
-    values = resample_trilinear(volume, source_to_grid_index, grid.source_shape)
+    values = np.zeros(grid.source_shape, dtype=np.float32)
+    # only source voxels within one grid voxel of the grid's cube can be nonzero (trilinear, 0 outside): resample
+    # that box alone (a liver's 288 mm cube covers about half of a 512 x 512 CT's slices)
+    corners = np.array([[i, j, k] for i in (-1, grid.grid_size) for j in (-1, grid.grid_size)
+                        for k in (-1, grid.grid_size)], dtype=np.float64)
+    grid_index_to_source = np.linalg.inv(source_to_grid_index)
+    in_source = corners @ grid_index_to_source[:3, :3].T + grid_index_to_source[:3, 3]
+    lower = np.clip(np.floor(in_source.min(axis=0)).astype(int) - 1, 0, grid.source_shape)
+    upper = np.clip(np.ceil(in_source.max(axis=0)).astype(int) + 2, 0, grid.source_shape)
+    if np.all(upper > lower):
+        box_to_source = np.eye(4)
+        box_to_source[:3, 3] = lower
+        box = tuple(slice(a, b) for a, b in zip(lower, upper, strict=True))
+        values[box] = resample_trilinear(volume, source_to_grid_index @ box_to_source, tuple(upper - lower))
     return values >= 0.5 if binary else values
 
 
