@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shapeqc.reports import quality_text
 from shapeqc.transforms.volume_io import LPS_TO_RAS
 
 # difference map values (shapeqc.defects): 1 only in the segmentation, 2 only in the reconstruction
@@ -60,7 +61,8 @@ def difference_seg(difference_path: str | Path, source_series: list, organ: str,
 
 
 def summary_pdf(records: list[dict]) -> bytes:
-    """A one-page PDF: each organ's status and scores, and the overview figure of the first judged one."""
+    """A one-page PDF: each organ's status, scores and predicted Dice, and the overview figure of the first judged
+    one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +75,10 @@ def summary_pdf(records: list[dict]) -> bytes:
         lines.append(f"{record['organ']}: {record['status']}" + (f" ({record['reason']})" if record.get("reason")
                                                                   else ""))
         if scores:
-            lines.append("    " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+            lines.append("    " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if v is not None))
+        if quality_text(record):
+            coverage = record["quality"]["coverage"]
+            lines.append(f"    predicted Dice {quality_text(record)} ({coverage:.0%} interval)")
         for defect in record.get("defects", [])[:3]:
             lines.append(f"    defect: {defect['kind']} {defect['volume_ml'] * 1000:.0f} mm^3 at "
                          f"{', '.join(f'{c:.1f}' for c in defect['centroid_mm'])} mm")

@@ -4,13 +4,16 @@ The cohort: real adrenal val masks re-sliced as CT segmentations (0.8 x 0.8 x 2.
 calibration's CT profile does), written as NIfTI, plus copies of the TotalSegmentator example's multi-label map
 (both adrenal glands each). Three runs of ``shapeqc.batch.run_batch`` in this process, same cases, same bundle:
 
-1. baseline: every case one after the other in this process (torch on both cores);
-2. ``--scheduler local:2``: two single-threaded worker processes (the cluster's start-up counted);
-3. the same with one worker process SIGKILLed once while it holds a case.
+1. baseline: every case one after the other in this process, torch on both cores;
+2. baseline: the same with torch on one thread (what one worker of the cluster is);
+3. ``--scheduler local:2``: two single-threaded worker processes (the cluster's start-up counted);
+4. the same on a cluster already running (start-up not counted: a cohort of thousands pays it once);
+5. the same with one worker process SIGKILLed once while it holds a case.
 
-Printed: cases/s of each and the ratio 2 / 1 (goal >= 1.7 on two cores), the scheduler's overhead per case (wall
-time of run 2 against the sum of the cases' own analysis seconds spread over the workers), and for run 3 whether
-every case finished exactly once (journal lines = cases, no duplicate, no worker_lost error).
+Printed: cases/s of each and its ratio to both baselines (goal >= 1.7 on two cores), the scheduler's overhead per
+case (wall time of run 4 against the sum of the cases' own analysis seconds spread over the workers, and the round
+trip of an empty task), and for run 5 whether every case finished exactly once (journal lines = cases, no
+duplicate, no worker_lost error).
 
     python benchmarks/bench_cohort.py [--cases 40]
 """
@@ -73,12 +76,17 @@ def main() -> None:
     cases = len(list(cohort.iterdir()))
     bundle = load_bundle(ROOT / "bundles" / "adrenal_gland")
 
+    import torch
+
+    threads = torch.get_num_threads()
     single_s, single = timed("one process", lambda: run_batch([str(cohort)], [bundle], work / "single",
                                                                 progress=False))
+    torch.set_num_threads(1)
+    one_thread_s, one_thread = timed("one process, one thread", lambda: run_batch(
+        [str(cohort)], [bundle], work / "one_thread", progress=False))
+    torch.set_num_threads(threads)
     dask_s, on_dask = timed("local:2", lambda: run_batch([str(cohort)], [bundle], work / "dask",
                                                           scheduler="local:2", progress=False))
-    analysis_s = sum(r["seconds"] for r in on_dask)
-    overhead_ms = 1000.0 * (dask_s - analysis_s / 2.0) / cases
 
     import dask
     from distributed import Client, LocalCluster
@@ -90,6 +98,13 @@ def main() -> None:
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         pids = client.run(os.getpid)
+        warm_s, warm = timed("local:2, cluster running", lambda: run_batch(
+            [str(cohort)], [bundle], work / "warm", client=client, progress=False))
+        analysis_s = sum(r["seconds"] for r in warm)
+        overhead_ms = 1000.0 * (warm_s - analysis_s / 2.0) / cases
+        started = time.perf_counter()
+        client.gather([client.submit(int, i, pure=False) for i in range(200)])
+        empty_task_ms = 1000.0 * (time.perf_counter() - started) / 200
 
         def kill_once():
             time.sleep(5.0)
@@ -112,18 +127,22 @@ def main() -> None:
         return json.loads(json.dumps([(r["case"], r["organ"], r["status"], r["scores"]) for r in records]))
 
     print()
-    print("| run | cases | records | wall s | cases/s | ratio to one process |")
-    print("|---|---|---|---|---|---|")
+    print("| run | cases | records | wall s | cases/s | ratio to one process (2 threads) | ratio to one process "
+          "(1 thread) |")
+    print("|---|---|---|---|---|---|---|")
     for label, seconds, records in (("one process (torch on 2 cores)", single_s, single),
+                                    ("one process (torch on 1 thread)", one_thread_s, one_thread),
                                     ("--scheduler local:2 (start-up included)", dask_s, on_dask),
+                                    ("local:2 on a running cluster", warm_s, warm),
                                     ("local:2, one worker SIGKILLed mid-case", fault_s, faulted)):
         print(f"| {label} | {cases} | {len(records)} | {seconds:.1f} | {cases / seconds:.2f} | "
-              f"{single_s / seconds:.2f}x |")
+              f"{single_s / seconds:.2f}x | {one_thread_s / seconds:.2f}x |")
     print()
-    print(f"Scheduler overhead per case: {overhead_ms:.0f} ms (wall of local:2 minus the cases' own analysis "
-          f"seconds shared by 2 workers, over {cases} cases; includes the cluster's start-up and the bundle load).")
-    print(f"Records equal to one process: local:2 {essence(on_dask) == essence(single)}, "
-          f"killed run {essence(faulted) == essence(single)}.")
+    print(f"Scheduler overhead per case: {overhead_ms:.0f} ms (wall of local:2 on the running cluster minus the "
+          f"cases' own analysis seconds shared by 2 workers, over {cases} cases); an empty task's round trip: "
+          f"{empty_task_ms:.1f} ms.")
+    print(f"Records equal to one process: local:2 {essence(on_dask) == essence(single)}, running cluster "
+          f"{essence(warm) == essence(single)}, killed run {essence(faulted) == essence(single)}.")
     print(f"Killed run: worker killed {len(killed)}x; journal {len(journal)} records ({len(single)} expected) of "
           f"{len({case for case, _ in journal})} cases ({cases} expected), duplicated records "
           f"{len(journal) - len(set(journal))}, worker_lost errors {lost}.")

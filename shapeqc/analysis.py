@@ -18,6 +18,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from shapeqc.bundles import Bundle
 from shapeqc.defects import defect_components, difference_map
 from shapeqc.figures import write_overview, write_stl
+from shapeqc.quality import predict_quality, quality_features
 from shapeqc.records import Record, new_record
 from shapeqc.refinement import refined_network
 from shapeqc.surface_metrics import shape_scores
@@ -137,11 +138,19 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
         timings["metrics"] = time.perf_counter() - start
         profile = select_profile(bundle.thresholds, spacing, obliquity_deg(affine) > OBLIQUE_DEG)
         outlier, past = decide(scores, profile)
+        estimator = (profile or {}).get("quality_estimator")
+        if estimator:
+            features = quality_features(mask[box], reconstruction[box], scores)
+            record["quality"] = {**predict_quality(estimator, features), "features": features}
+        else:
+            record["warnings"].append("no quality estimate: the bundle's calibration profile has no quality "
+                                      "estimator (calibrated before it existed); recalibrate the bundle")
         reason = ("uncalibrated: the bundle has no configs/thresholds.json" if outlier is None
                   else ", ".join(f"{m} past threshold" for m in past) or None)
         if in_pieces:
             outlier, reason = True, "; ".join(r for r in (in_pieces, reason) if r and not r.startswith("uncal"))
-        record.update(scores=scores, outlier=outlier, thresholds=profile, defects=[d.to_dict() for d in defects],
+        judged_against = {k: v for k, v in profile.items() if k != "quality_estimator"} if profile else None
+        record.update(scores=scores, outlier=outlier, thresholds=judged_against, defects=[d.to_dict() for d in defects],
                       status="not_judged" if outlier is None else "outlier" if outlier else "ok", reason=reason)
         if out_dir is not None:
             start = time.perf_counter()

@@ -22,6 +22,7 @@ import yaml
 
 from shapeqc.bundle_metadata import check_bundle_metadata
 from shapeqc.networks import PRESETS
+from shapeqc.quality import check_estimator
 from shapeqc.thresholds import load_thresholds
 from shapeqc.transforms.class_maps import class_map, organ_side
 
@@ -334,6 +335,11 @@ def check_thresholds(thresholds: dict | None, path: Path) -> None:
             if not ok or rule.get("worse_when", "below" if metric == "dice" else "above") not in ("below", "above"):
                 raise BundleTrustError(f"{path}: {metric} threshold {value!r} ({rule.get('worse_when')}) is out of "
                                        "range; recalibrate the bundle (shapeqc calibrate)")
+        if profile.get("quality_estimator"):
+            try:
+                check_estimator(profile["quality_estimator"])
+            except ValueError as error:
+                raise BundleTrustError(f"{path}: {error}; recalibrate the bundle (shapeqc calibrate)") from error
 
 
 def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu", refine_steps: int = 0,

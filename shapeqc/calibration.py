@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shapeqc.analysis import score_organ, substantial_parts
+from shapeqc.analysis import occupied_box, score_organ, substantial_parts
 from shapeqc.bundles import Bundle, load_bundle
 from shapeqc.evaluation import corruptions
 from shapeqc.evaluation.statistics import auroc, roc_points
+from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, out_of_fold_predictions, quality_features
 from shapeqc.thresholds import METRICS, badness, is_worse, metric_rule
 from shapeqc.transforms.corruption import stable_seed
 from shapeqc.transforms.organ_loading import load_item_mask
@@ -45,8 +46,36 @@ def corrupted_for_calibration(mask: np.ndarray, case_id: str, family: str) -> np
     return generate(mask, stable_seed(f"{case_id}/{family}/calibration", 2024), **CALIBRATION_FAMILIES[family])
 
 
-def score_case(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
-    return score_organ(bundle, mask, affine, organ, {})[1]
+# graded corruptions made for the quality estimator alone (not for the thresholds), one per family and case at a
+# severity drawn uniformly from the range (seeded by the case id): with the clean organs and the calibration
+# families they span true Dice from about 0.3 to 1, under- and over-segmentation alike
+QUALITY_FAMILIES = {"plane_cut": ("fraction", 0.05, 0.8), "cube_add": ("fraction", 0.05, 0.8)}
+
+
+def quality_corruptions(mask: np.ndarray, case_id: str) -> list[tuple[str, np.ndarray]]:
+    """(family, corrupted mask) of :data:`QUALITY_FAMILIES` for one case; a family that cannot corrupt this mask
+    (no room) is left out."""
+    out = []
+    for family, (parameter, low, high) in QUALITY_FAMILIES.items():
+        seed = stable_seed(f"{case_id}/{family}/quality", 2024)
+        severity = float(np.random.default_rng(seed).uniform(low, high))
+        generate, _ = corruptions.FAMILIES[family]
+        try:
+            out.append((family, generate(mask, seed, **{parameter: severity})))
+        except ValueError:
+            continue
+    return out
+
+
+def score_case(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> tuple[dict, dict]:
+    """(scores, :func:`shapeqc.quality.quality_features`) of one organ analysed as ``shapeqc analyse`` would."""
+    reconstruction, scores = score_organ(bundle, mask, affine, organ, {})
+    box = occupied_box(mask, reconstruction)
+    return scores, quality_features(mask[box], reconstruction[box], scores)
+
+
+def true_dice(mask: np.ndarray, clean: np.ndarray) -> float:
+    return float(2 * np.count_nonzero(mask & clean) / max(int(mask.sum()) + int(clean.sum()), 1))
 
 
 def acquisition(mask: np.ndarray, affine: np.ndarray, spacing_mm, case_id: str, pad_voxels: int = 3):
@@ -75,20 +104,31 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     organ = organ or (bundle.organs[0] if bundle.organs else "")
     clean_scores, family_scores = [], {name: [] for name in CALIBRATION_FAMILIES}
     volume_change = {name: [] for name in CALIBRATION_FAMILIES}
+    # one row per analysed organ for the quality estimator: (source family, case, features, true Dice, raw Dice)
+    quality_rows = []
     start = time.perf_counter()
     spacings = []
-    for item in items:
+    for index, item in enumerate(items):
         mask, affine = load_item_mask(item)
         mask, affine = acquisition(mask, affine, spacing_mm, item["case_id"])
         spacings.append(sorted(voxel_spacing(affine)))
         mask = mask.astype(bool)
         # the item's own organ decides mirroring (left and right glands of one bundle); ``organ`` otherwise
         item_organ = item.get("organ") or organ
-        clean_scores.append(score_case(bundle, mask, affine, item_organ))
+        # one group per item (a case id may hold a left and a right organ)
+        group = f"{index}:{item['case_id']}"
+        scores, features = score_case(bundle, mask, affine, item_organ)
+        clean_scores.append(scores)
+        quality_rows.append(("clean", group, features, 1.0, scores["dice"]))
         for name in CALIBRATION_FAMILIES:
             corrupted = corrupted_for_calibration(mask, item["case_id"], name)
             volume_change[name].append(corruptions.volume_change(mask, corrupted))
-            family_scores[name].append(score_case(bundle, corrupted, affine, item_organ))
+            scores, features = score_case(bundle, corrupted, affine, item_organ)
+            family_scores[name].append(scores)
+            quality_rows.append((name, group, features, true_dice(corrupted, mask), scores["dice"]))
+        for name, corrupted in quality_corruptions(mask, item["case_id"]):
+            scores, features = score_case(bundle, corrupted, affine, item_organ)
+            quality_rows.append((f"quality_{name}", group, features, true_dice(corrupted, mask), scores["dice"]))
     metrics = {}
     for metric in METRICS:
         clean = np.array([s[metric] for s in clean_scores], dtype=float)
@@ -106,14 +146,19 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
                 "detection_rate": float(detected.mean()),
                 "auroc": auroc(badness(metric, values), badness(metric, clean)),
             }
+    estimator, quality_report = fit_quality(quality_rows, clean_scores, family_scores)
     profile = {"spacing_mm": None if spacing_mm is None else [float(v) for v in spacing_mm], "metrics": metrics,
                "target_fpr": target_fpr, "clean_cases": len(clean_scores), "data": data_description,
                "refine_steps": bundle.refine_steps,
                # the clean masks' median voxel size (sorted, mm): where the profile stands among input spacings
                "data_spacing_mm": [round(float(v), 3) for v in np.median(spacings, axis=0)] if spacings else None,
-               "date": date.today().isoformat(), "bundle_version": bundle.metadata.get("version")}
-    report = {"thresholds": profile, "families": families_report, "seconds": round(time.perf_counter() - start, 1),
-              "clean_scores": clean_scores, "family_scores": family_scores}
+               "date": date.today().isoformat(), "bundle_version": bundle.metadata.get("version"),
+               "quality_estimator": estimator}
+    report = {"thresholds": profile, "families": families_report, "quality": quality_report,
+              "seconds": round(time.perf_counter() - start, 1), "clean_scores": clean_scores,
+              "family_scores": family_scores,
+              "quality_rows": [{"family": f, "case": g, "features": x, "true_dice": t}
+                               for f, g, x, t, _ in quality_rows]}
     if write:
         bundle_dir = Path(bundle_dir)
         path = bundle_dir / "configs" / "thresholds.json"
@@ -125,6 +170,34 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
         (bundle_dir / "docs" / f"calibration_{tag}.json").write_text(json.dumps(report, indent=1) + "\n")
         plot_roc(report, bundle_dir / "docs" / f"calibration_roc_{tag}.png")
     return report
+
+
+def fit_quality(quality_rows: list[tuple], clean_scores: list[dict], family_scores: dict) -> tuple[dict | None, dict]:
+    """The quality estimator fitted on the calibration's organs (:mod:`shapeqc.quality`) and its report: out-of-fold
+    Pearson r, MAE and interval coverage of the estimate and of the raw Dice(segmentation, reconstruction), and
+    per calibration family the AUROC of the out-of-fold estimate as the outlier score beside the raw Dice's.
+    (None, reason) with fewer than 2 cases."""
+    groups = [group for _, group, _, _, _ in quality_rows]
+    if len(set(groups)) < 2:
+        return None, {"skipped": f"{len(set(groups))} case(s): the estimator needs at least 2"}
+    features = [x for _, _, x, _, _ in quality_rows]
+    truth = [t for _, _, _, t, _ in quality_rows]
+    estimator = fit_dice_estimator(features, truth, groups)
+    predicted = out_of_fold_predictions(features, truth, groups, estimator["folds"], estimator["seed"],
+                                        estimator["ridge"], tuple(estimator["features"]))
+    half = estimator["half_width"]
+    raw = [d if np.isfinite(d) else 0.0 for _, _, _, _, d in quality_rows]
+    families = [family for family, _, _, _, _ in quality_rows]
+    clean_predicted = predicted[[f == "clean" for f in families]]
+    report = {"estimate_out_of_fold": estimate_quality_metrics(predicted, truth, predicted - half, predicted + half),
+              "raw_dice": estimate_quality_metrics(raw, truth), "coverage": estimator["coverage"],
+              "half_width": half, "organs": len(truth), "families": sorted(set(families)),
+              "outlier_auroc": {name: {"raw_dice": auroc(badness("dice", [s["dice"] for s in scores]),
+                                                         badness("dice", [s["dice"] for s in clean_scores])),
+                                       "predicted_dice": auroc(-predicted[[f == name for f in families]],
+                                                               -clean_predicted)}
+                                for name, scores in family_scores.items()}}
+    return estimator, report
 
 
 def calibrate_profiles(bundle_dir: str, items: list[dict], spacings: list, target_fpr: float = 0.05,

@@ -30,6 +30,10 @@ class Record(TypedDict):
     scores: dict[str, float | None] | None  # {dice, asd_mm, hd95_mm, max_sd_mm}, distances in mm
     thresholds: dict | None  # the calibration profile judged against
     defects: list[dict]  # connected components of the difference map, largest first
+    # predicted Dice of the segmentation against a correct one: {predicted_dice, interval [low, high], coverage,
+    # features} (shapeqc.quality); None when not judged or the bundle has no estimator (then a warning says so)
+    quality: dict | None
+    warnings: list[str]  # what the user should know that does not change the status (e.g. no quality estimate)
     outputs: dict[str, str | None]  # paths of the written files
     timings: dict[str, float | int]  # seconds per step
     seconds: float | None
@@ -39,8 +43,8 @@ class Record(TypedDict):
 def new_record(case: str, source: Any, organ: str | None, bundle: str, digest: str | None = None) -> Record:
     """An empty record (status None) to be filled by the analysis."""
     return Record(case=case, input=str(source), organ=organ, bundle=bundle, bundle_digest=digest, status=None,
-                  reason=None, outlier=None, scores=None, thresholds=None, defects=[], outputs={}, timings={},
-                  seconds=None, case_records=1)
+                  reason=None, outlier=None, scores=None, thresholds=None, defects=[], quality=None, warnings=[],
+                  outputs={}, timings={}, seconds=None, case_records=1)
 
 
 def error_record(case: str, source: Any, organ: str | None, bundle: str, reason: str,

@@ -38,15 +38,27 @@ def report_csv(records: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["file path", "organ", "metric", "score", "threshold", "case", "bundle", "status", "outlier",
-                     "reason"])
+                     "reason", "predicted_dice", "predicted_dice_low", "predicted_dice_high"])
     for record in records:
         thresholds = (record.get("thresholds") or {}).get("metrics", {})
+        quality = record.get("quality") or {}
+        low, high = quality.get("interval") or (None, None)
         for metric in METRICS:
             score = (record.get("scores") or {}).get(metric)
             writer.writerow([csv_cell(v) for v in (
                 record["input"], record["organ"], metric, score, thresholds.get(metric, {}).get("threshold"),
-                record["case"], record["bundle"], record["status"], record["outlier"], record.get("reason"))])
+                record["case"], record["bundle"], record["status"], record["outlier"], record.get("reason"),
+                quality.get("predicted_dice"), low, high)])
     return out.getvalue()
+
+
+def quality_text(record: dict) -> str:
+    """``0.912 [0.850, 0.970]``: the predicted Dice and its interval, or "" without an estimate."""
+    quality = record.get("quality") or {}
+    if quality.get("predicted_dice") is None:
+        return ""
+    low, high = quality["interval"]
+    return f"{quality['predicted_dice']:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def errors_csv(records: list[dict]) -> str:
@@ -66,6 +78,7 @@ def _organ_row(record: dict, out_dir: Path) -> str:
     thumbnail = (f'<img src="{html.escape(os.path.relpath(image, out_dir))}" height="90">' if image else "")
     cells = [record["organ"] or "", record["bundle"], record["status"], record.get("reason") or ""]
     cells += [f"{scores[m]:.3f}" if scores.get(m) is not None else "" for m in METRICS]
+    cells += [quality_text(record)]
     row = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + f"<td>{thumbnail}</td>"
     return f'<tr class="{html.escape(record["status"])}">{row}</tr>'
 
@@ -76,7 +89,8 @@ def _status_counts(records: list[dict]) -> dict[str, int]:
 
 def report_html(records: list[dict], out_dir: Path) -> str:
     """The batch as HTML: a summary per organ over all cases, then one table per case (cases with outliers
-    first), one row per organ and bundle with its scores and overview image."""
+    first), one row per organ and bundle with its scores, predicted Dice and overview image (a click on a column
+    head sorts by it: the predicted Dice puts the worst organ first)."""
     counts = _status_counts(records)
     by_case: dict[str, list[dict]] = {}
     for record in records:
@@ -88,7 +102,7 @@ def report_html(records: list[dict], out_dir: Path) -> str:
         f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{n}</td>" for n in _status_counts(group).values())
         + "</tr>" for name, group in sorted(by_organ.items()))
     header = "".join(f"<th onclick='sortBy(this,{i})'>{h}</th>" for i, h in enumerate(
-        ["organ", "bundle", "status", "reason", *METRICS, "overview"]))
+        ["organ", "bundle", "status", "reason", *METRICS, "predicted Dice [interval]", "overview"]))
     sections = []
     for case, group in sorted(by_case.items(), key=lambda kv: (-_status_counts(kv[1])["outlier"], kv[0])):
         case_counts = _status_counts(group)

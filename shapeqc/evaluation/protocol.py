@@ -147,18 +147,23 @@ def on_acquisition_grids(placed, clean_as_given, clean_acquired) -> list[np.ndar
 
 
 def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
-    from shapeqc.analysis import score_organ
+    from shapeqc.analysis import occupied_box, score_organ
     from shapeqc.evaluation.baselines import shape_descriptors, volume_ml
+    from shapeqc.quality import quality_features
 
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     scores: dict = {}
     try:
-        _, shape_scores = score_organ(bundle, mask, affine, organ, {})
+        reconstruction, shape_scores = score_organ(bundle, mask, affine, organ, {})
         scores.update({method: shape_scores[metric] for method, metric in SHAPEQC.items()})
         scores["shapeqc_status"] = "judged"
+        box = occupied_box(mask, reconstruction)
+        # what the predicted Dice is made of (shapeqc.quality), kept so estimators can be judged on stored runs
+        scores["quality_features"] = quality_features(mask[box], reconstruction[box], shape_scores)
     except Exception as error:  # truncated or empty: shapeqc reports it (not_judged), counted as flagged
         scores.update({method: (-np.inf if metric == "dice" else np.inf) for method, metric in SHAPEQC.items()})
         scores["shapeqc_status"] = f"not judged: {type(error).__name__}"
+        scores["quality_features"] = None
     volume = volume_ml(mask, voxel_ml)
     scores["A_volume_z"] = baselines["A"].score(volume)
     scores["B_descriptors"] = baselines["B"].score(shape_descriptors(mask))

@@ -109,7 +109,84 @@ def shipped_fields(profile: dict | None) -> dict:
     return {"threshold_profile": profile.get("spacing_mm") if profile else None,
             "shipped_dice_threshold": dice.get("threshold"),
             "calibration_clean_cases": profile.get("clean_cases") if profile else None,
-            "calibration_leave_one_out_fpr": dice.get("leave_one_out_fpr")}
+            "calibration_leave_one_out_fpr": dice.get("leave_one_out_fpr"),
+            "shipped_quality_estimator": profile.get("quality_estimator") if profile else None}
+
+
+def _estimation_rows(scored: dict) -> list[dict]:
+    """Every judged clean (true Dice 1) and corrupted case with its quality features, as rows for the estimator."""
+    rows = [{"family": "clean", "case": c["case"], "true_dice": 1.0, "scores": c["scores"]}
+            for c in scored["clean_scores"]]
+    rows += [{"family": c["family"], "case": c["case"], "true_dice": c["true_dice"], "scores": c["scores"]}
+             for c in scored["corrupted_scores"]]
+    return [r for r in rows if r["scores"].get("quality_features") and np.isfinite(r["scores"]["shapeqc_dice"])]
+
+
+def dice_estimation(scored: dict, estimator: dict | None = None, coverage: float = 0.9, seed: int = 0) -> dict:
+    """The predicted Dice judged on corruption families it was not fitted on (issue 22): for each family F, the
+    estimator (:func:`shapeqc.quality.fit_dice_estimator`) is fitted on the clean cases and every other family and
+    predicts F's cases. Reported over all families' held-out predictions: Pearson r, Spearman, MAE and the
+    interval's coverage, against the raw Dice(input, reconstruction) and against baseline B (shape descriptors'
+    Mahalanobis distance) regressed the same way; and per family the outlier AUROC with the estimate as the score
+    (clean cases predicted out of fold, by whole cases) beside the raw Dice's. With ``estimator`` (the bundle's
+    shipped one, fitted by its calibration), its predictions of every corrupted case too. {} without features
+    (a run from before they were stored)."""
+    from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, out_of_fold_predictions, predict_quality
+
+    rows = _estimation_rows(scored)
+    families = sorted({r["family"] for r in rows} - {"clean"})
+    if len({r["case"] for r in rows}) < 3 or not families:
+        return {}
+    b_rows = [{"log_b": float(np.log1p(min(max(r["scores"]["B_descriptors"], 0.0), 1e6)))} for r in rows]
+    features = [r["scores"]["quality_features"] for r in rows]
+    truth = np.array([r["true_dice"] for r in rows])
+    groups = [r["case"] for r in rows]
+    is_family = {f: np.array([r["family"] == f for r in rows]) for f in families}
+    clean = np.array([r["family"] == "clean" for r in rows])
+    held = {"estimate": np.empty(len(rows)), "low": np.empty(len(rows)), "high": np.empty(len(rows)),
+            "baseline_B": np.empty(len(rows))}
+    auroc_rows = {}
+    for family in families:
+        train = ~is_family[family]
+        train_features = [x for x, keep in zip(features, train, strict=True) if keep]
+        train_groups = [g for g, keep in zip(groups, train, strict=True) if keep]
+        train_b = [x for x, keep in zip(b_rows, train, strict=True) if keep]
+        fitted = fit_dice_estimator(train_features, truth[train].tolist(), train_groups, coverage=coverage,
+                                    seed=seed)
+        b_fitted = fit_dice_estimator(train_b, truth[train].tolist(), train_groups, coverage=coverage, seed=seed,
+                                      names=("log_b",))
+        for index in np.flatnonzero(is_family[family]):
+            quality = predict_quality(fitted, features[index])
+            held["estimate"][index] = quality["predicted_dice"]
+            held["low"][index], held["high"][index] = quality["interval"]
+            held["baseline_B"][index] = predict_quality(b_fitted, b_rows[index])["predicted_dice"]
+        # clean cases, out of fold within the training rows: none is predicted by a fit that saw it
+        clean_in_train = out_of_fold_predictions(train_features, truth[train].tolist(), train_groups,
+                                                 seed=seed)[clean[train]]
+        raw = np.array([r["scores"]["shapeqc_dice"] for r in rows])
+        auroc_rows[family] = {"cases": int(is_family[family].sum()),
+                              "raw_dice": auroc(-raw[is_family[family]], -raw[clean]),
+                              "predicted_dice": auroc(-held["estimate"][is_family[family]], -clean_in_train)}
+    corrupted = ~clean
+    raw = np.array([r["scores"]["shapeqc_dice"] for r in rows])
+    result = {
+        "protocol": "leave one family out: fitted on the clean cases and the other families, judged on the left-out "
+                    f"family; {coverage:.0%} interval; {len(families)} families",
+        "families": families, "true_dice_range": [float(truth[corrupted].min()), float(truth[corrupted].max())],
+        "estimate": estimate_quality_metrics(held["estimate"][corrupted], truth[corrupted],
+                                             held["low"][corrupted], held["high"][corrupted]),
+        "raw_dice": estimate_quality_metrics(raw[corrupted], truth[corrupted]),
+        "baseline_B_regressed": estimate_quality_metrics(held["baseline_B"][corrupted], truth[corrupted]),
+        "outlier_auroc": auroc_rows,
+        "outlier_auroc_family_mean": {key: float(np.mean([a[key] for a in auroc_rows.values()]))
+                                      for key in ("raw_dice", "predicted_dice")},
+    }
+    if estimator:
+        shipped = [predict_quality(estimator, features[i]) for i in np.flatnonzero(corrupted)]
+        result["shipped_estimator"] = estimate_quality_metrics(
+            [q["predicted_dice"] for q in shipped], truth[corrupted], [q["interval"][0] for q in shipped],
+            [q["interval"][1] for q in shipped])
+    return result
 
 
 def tabulate(scored: dict) -> dict:
@@ -195,6 +272,8 @@ def tabulate(scored: dict) -> dict:
                                         "swap_organ_from")},
         "families": table, "overall": overall, "family_mean_moderate": family_mean,
         "family_mean_moderate_without_organ_swap": family_mean_earlier,
-        "quality_estimation": estimation, "seconds": scored["seconds"],
+        "quality_estimation": estimation,
+        "dice_estimation": dice_estimation(scored, scored.get("shipped_quality_estimator")),
+        "seconds": scored["seconds"],
         **{key: scored[key] for key in ("clean_scores", "corrupted_scores", "plausible_scores", "rescored")
            if key in scored}}
