@@ -21,8 +21,7 @@ from shapeqc.transforms.volume_io import voxel_spacing
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
-# the liver bundle is trained but not calibrated yet (marked untrained): analysis skips it
-ABDOMINAL = ("kidney", "spleen")
+ABDOMINAL = ("kidney", "liver", "spleen")
 # a clean held-out organ comes back at least this close to the README's mean clean Dice (5 organs, not all 93)
 CLEAN_DICE_TOLERANCE = 0.02
 
@@ -49,13 +48,14 @@ def test_bundle_reconstructs_held_out_organs_and_flags_a_strong_corruption(name,
 
 
 def test_totalsegmentator_example_gets_a_record_for_every_covered_organ(totalseg, tmp_path):
-    """The example's kidneys and spleen touch its border: each is `not_judged: truncated`, the adrenal
+    """The example's kidneys, liver and spleen touch its border: each is `not_judged: truncated`, the adrenal
     glands are judged; nothing a trained bundle covers is silently skipped."""
     assert cli.main(["analyse", str(totalseg / "v2_multilabel_seg.nii.gz"), "--bundles", str(BUNDLES),
                      "--output", str(tmp_path), "--device", "cpu"]) == 0
     records = {r["organ"]: r for r in json.loads((tmp_path / "report.json").read_text())}
-    assert set(records) == {"adrenal_gland_left", "adrenal_gland_right", "kidney_left", "kidney_right", "spleen"}
-    for organ in ("kidney_left", "kidney_right", "spleen"):
+    assert set(records) == {"adrenal_gland_left", "adrenal_gland_right", "kidney_left", "kidney_right", "liver",
+                            "spleen"}
+    for organ in ("kidney_left", "kidney_right", "liver", "spleen"):
         assert records[organ]["status"] == "not_judged", records[organ]
         assert records[organ]["reason"].startswith("truncated"), records[organ]["reason"]
     assert records["kidney_left"]["bundle"] == records["kidney_right"]["bundle"] == "kidney"

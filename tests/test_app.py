@@ -79,10 +79,10 @@ def test_app_matches_shapeqc_analyse_record_for_record(mixed_inputs, tmp_path):
     assert statuses["bad_table"] == "error" and statuses["named"] == "error"
     assert statuses["adrenal0"] in ("ok", "outlier") and statuses["adrenal1"] in ("ok", "outlier")  # ... the rest done
     ts_records = {r["organ"]: r["status"] for r in app_records if r["case"] == "ts/v2_multilabel_seg"}
-    # the example's small field of view cuts its kidneys and spleen: recorded, not judged
+    # the example's small field of view cuts its kidneys, liver and spleen: recorded, not judged
     assert ts_records == {"adrenal_gland_left": ts_records["adrenal_gland_left"],
                           "adrenal_gland_right": ts_records["adrenal_gland_right"], "kidney_left": "not_judged",
-                          "kidney_right": "not_judged", "spleen": "not_judged"}
+                          "kidney_right": "not_judged", "liver": "not_judged", "spleen": "not_judged"}
     for name in ("report.csv", "errors.csv", "report.html", "records.jsonl"):
         assert (tmp_path / "app" / name).exists(), name
     assert "corrupt.nii.gz" in (tmp_path / "app" / "errors.csv").read_text()

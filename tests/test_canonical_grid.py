@@ -144,4 +144,9 @@ def test_map_back_of_the_grid_box_alone_equals_the_whole_volume(adrenal_val_mask
     in_box = grid_to_source(occupancy, plan, binary=False)
     np.testing.assert_allclose(in_box, whole, rtol=0, atol=1e-6)  # the box's own offset rounds differently
     np.testing.assert_array_equal(grid_to_source(occupancy, plan, binary=True), whole >= 0.5)
+    # a network's sigmoid is above 0 everywhere: the binary map back still needs only the box near values >= 0.5
+    everywhere = 0.01 + 0.98 * occupancy
+    whole_sigmoid = resample_trilinear(everywhere, np.linalg.inv(plan.grid_to_world) @ plan.source_affine,
+                                       plan.source_shape)
+    np.testing.assert_array_equal(grid_to_source(everywhere, plan, binary=True), whole_sigmoid >= 0.5)
     assert whole[:20].max() == 0 and whole[40:-40].max() > 0.5  # the cube lies inside the larger volume

@@ -16,8 +16,7 @@ from shapeqc.bundles import bundle_datalist, load_trained_bundles, new_bundle, t
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
-# liver: trained weights, calibration not finished yet, so marked untrained (its README)
-SHIPPED = ("adrenal_gland", "hippocampus", "kidney", "mandible", "parotid_gland", "spleen")
+SHIPPED = ("adrenal_gland", "hippocampus", "kidney", "liver", "mandible", "parotid_gland", "spleen")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -54,12 +53,12 @@ def test_analyse_sends_every_organ_to_the_bundle_covering_it(mixed_organs, tmp_p
     folder, scan = mixed_organs
     assert cli.main(["analyse", str(folder), "--bundles", str(BUNDLES), "--output", str(tmp_path),
                      "--device", "cpu"]) == 0
-    assert "6 bundle(s)" in capsys.readouterr().err  # each loaded once for the whole batch
+    assert "7 bundle(s)" in capsys.readouterr().err  # each loaded once for the whole batch
     records = json.loads((tmp_path / "report.json").read_text())
     # the TotalSegmentator map's field of view cuts its kidneys, liver and spleen: recorded, not judged
     truncated = [r for r in records if r["case"] == "ts_map" and r["organ"] in ("kidney_left", "kidney_right",
-                                                                                "spleen")]
-    assert len(truncated) == 3 and all(r["status"] == "not_judged" for r in truncated), truncated
+                                                                                "liver", "spleen")]
+    assert len(truncated) == 4 and all(r["status"] == "not_judged" for r in truncated), truncated
     records = [r for r in records if r not in truncated]
     judged = {(r["case"], r["organ"], r["bundle"]) for r in records}
     case = f"hn/{scan}"

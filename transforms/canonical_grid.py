@@ -166,10 +166,18 @@ def grid_to_source(volume: np.ndarray, grid: CanonicalGrid, binary: bool = True)
     """
     source_to_grid_index = np.linalg.inv(grid.grid_to_world) @ grid.source_affine
     values = np.zeros(grid.source_shape, dtype=np.float32)
-    # only source voxels within one grid voxel of the grid's cube can be nonzero (trilinear, 0 outside): resample
-    # that box alone (a liver's 288 mm cube covers about half of a 512 x 512 CT's slices)
-    corners = np.array([[i, j, k] for i in (-1, grid.grid_size) for j in (-1, grid.grid_size)
-                        for k in (-1, grid.grid_size)], dtype=np.float64)
+    # only source voxels within one grid voxel of the grid's cube can be nonzero (trilinear, 0 outside), and for a
+    # binary result only those within one grid voxel of a grid value >= 0.5 (a trilinear value is a convex
+    # combination of its 8 neighbours): resample that box alone (a liver's 288 mm cube covers about half of a
+    # 512 x 512 CT's slices, the liver itself a fraction of the cube)
+    low, high = np.full(3, -1), np.full(3, grid.grid_size)
+    if binary:
+        inside = np.argwhere(np.asarray(volume) >= 0.5)
+        if len(inside) == 0:
+            return np.zeros(grid.source_shape, dtype=bool)
+        low, high = inside.min(axis=0) - 1, inside.max(axis=0) + 1
+    corners = np.array([[i, j, k] for i in (low[0], high[0]) for j in (low[1], high[1]) for k in (low[2], high[2])],
+                       dtype=np.float64)
     grid_index_to_source = np.linalg.inv(source_to_grid_index)
     in_source = corners @ grid_index_to_source[:3, :3].T + grid_index_to_source[:3, 3]
     lower = np.clip(np.floor(in_source.min(axis=0)).astype(int) - 1, 0, grid.source_shape)
