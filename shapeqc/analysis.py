@@ -18,6 +18,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from shapeqc.bundles import Bundle
 from shapeqc.defects import defect_components, difference_map
 from shapeqc.figures import write_overview, write_stl
+from shapeqc.images import image_on_grid
 from shapeqc.quality import predict_quality, quality_features
 from shapeqc.records import Record, new_record
 from shapeqc.refinement import refined_network
@@ -32,6 +33,7 @@ from shapeqc.transforms.errors import (
 )
 from shapeqc.transforms.organ_loading import check_organ_mask, load_organ_mask
 from shapeqc.transforms.volume_io import VolumeFile, voxel_spacing, write_volume
+from shapeqc.viewer import viewer_box, viewer_key, write_viewer_data
 
 
 def reconstruct_in_source(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str,
@@ -110,9 +112,12 @@ def implausible(mask: np.ndarray, affine: np.ndarray, bounds: dict | None) -> st
 
 
 def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, out_dir: str | os.PathLike | None,
-                  case: str, map_version: str = "auto", min_defect_ml: float = 0.01) -> Record:
+                  case: str, map_version: str = "auto", min_defect_ml: float = 0.01, image: VolumeFile | None = None,
+                  image_warning: str | None = None) -> Record:
     """Analyse one organ of ``source`` (a path, or a :class:`VolumeFile` already read); never raises for bad
-    input: the record says ``error`` or ``not_judged``."""
+    input: the record says ``error`` or ``not_judged``. ``image``: the image the segmentation was drawn on (read
+    once per case), shown under the pictures when it lies on the organ's grid (else a warning says why not);
+    ``image_warning``: why the case's image could not be read."""
     started = time.perf_counter()
     timings: dict = {}
     record = new_record(case, source, organ, bundle.name, bundle.digest)
@@ -122,6 +127,11 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
                                           labels=bundle.organ_labels.get(organ or ""))
         check_organ_mask(mask, f"{source} [{organ}]" if organ else source)
         timings["load"] = time.perf_counter() - start
+        picture = None
+        if image is not None:
+            picture, image_warning = image_on_grid(image, mask.shape, affine)
+        if image_warning:
+            record["warnings"].append(image_warning)
         bounds = (bundle.thresholds or {}).get("plausibility")
         organ_box = mask[occupied_box(mask)]
         too_small = implausible(organ_box, affine, bounds and {**bounds, "max_components": float("inf")})
@@ -166,7 +176,14 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
                 "difference": str(write_volume(out_dir / "difference.nii.gz", difference, affine)),
                 "stl": str(stl) if stl else None,
                 "overview": str(write_overview(mask, reconstruction, affine, centre, out_dir / "overview.png",
-                                               f"{case} {organ or ''} {record['status']}")),
+                                               f"{case} {organ or ''} {record['status']}",
+                                               picture.array if picture else None,
+                                               picture.window if picture else None)),
+                "viewer": str(write_viewer_data(
+                    out_dir / "viewer_data.js", viewer_key(record), viewer_box(box, mask.shape, spacing), affine,
+                    mask, reconstruction, difference, picture.array if picture else None,
+                    picture.window if picture else None)),
+                "image": str(picture.path) if picture else None,
             }
             timings["outputs"] = time.perf_counter() - start
     except (EmptyMaskError, TruncatedOrganError, OrganAbsentError) as error:

@@ -37,6 +37,7 @@ import numpy as np
 from shapeqc.analysis import analyse_organ
 from shapeqc.bundles import Bundle
 from shapeqc.datasets import SEGMENTATION_FOLDER
+from shapeqc.images import image_beside, read_image_file
 from shapeqc.records import Record, error_record, record_json
 from shapeqc.reports import write_atomic, write_reports
 from shapeqc.transforms.class_maps import class_map, organ_of_file_stem
@@ -177,6 +178,12 @@ def discover_cases(inputs: list[str], notes: list[str] | None = None) -> list[tu
             notes.append(f"{root}: no NIfTI or NRRD segmentation in this folder")
         if skipped:
             notes.append(f"{root}: {skipped} file(s) that are not NIfTI or NRRD volumes were passed over")
+    # the image a segmentation was drawn on (the CT beside it, shapeqc.images) is shown, not analysed
+    images = {str(image): path for _, path in found if (image := image_beside(path)) is not None}
+    for _, path in found:
+        if path in images:
+            notes.append(f"{path}: the image of {images[path]}, shown under its pictures, not analysed")
+    found = [(parts, path) for parts, path in found if path not in images]
     cases, used = [], set()
     for parts, path in found:
         case = case_id_of(parts)
@@ -265,15 +272,24 @@ def inside(out_dir: Path, *parts: str) -> Path:
     return path
 
 
+def case_image(path: str, image: str | None) -> tuple[VolumeFile | None, str | None]:
+    """The image of a case, read once: ``image`` when given, else the one beside the segmentation
+    (:func:`shapeqc.images.image_beside`); (None, None) when there is none, (None, warning) when it is unreadable."""
+    found = Path(image) if image else image_beside(path)
+    return read_image_file(found) if found is not None else (None, None)
+
+
 def analyse_case(case: str, path: str, bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
-                 map_version: str = "auto") -> list[Record]:
+                 map_version: str = "auto", image: str | None = None) -> list[Record]:
     """Every organ any of ``bundles`` covers in one case (the unit of work of :func:`run_batch` and the Deploy
-    app): the file is read once, each organ's outputs go to ``out_dir/<case>/<organ>``. Never raises: a case
-    that fails at any step is one ``error`` record per bundle."""
+    app): the file is read once, each organ's outputs go to ``out_dir/<case>/<organ>``, with ``image`` (else the
+    image found beside the segmentation) under the pictures. Never raises: a case that fails at any step is one
+    ``error`` record per bundle."""
     out_dir = Path(out_dir)
     names = ", ".join(b.name for b in bundles)
     try:
         source: VolumeFile | Path = Path(path) if Path(path).is_dir() else read_volume_file(path)
+        picture, image_warning = case_image(path, image)
         # a map some bundle claims as its organ's own label set is that dataset's map, for every bundle
         jobs = [(target, bundle) for bundle in bundles for target in label_set_organs(source, bundle, organ)]
         jobs = jobs or [(target, bundle) for bundle in bundles
@@ -283,7 +299,8 @@ def analyse_case(case: str, path: str, bundles: list[Bundle], out_dir: str | os.
                                     status="not_judged")]
         else:
             records = [analyse_organ(source, target, bundle, inside(out_dir, case, target or bundle.name), case,
-                                     map_version=map_version) for target, bundle in jobs]
+                                     map_version=map_version, image=picture, image_warning=image_warning)
+                       for target, bundle in jobs]
     except SegmentationInputError as error:
         records = [error_record(case, path, organ, b.name, f"{error.code}: {error}", digest=b.digest)
                    for b in bundles]
@@ -316,14 +333,15 @@ def _load_done(journal: Path) -> dict[str, list[dict]]:
 def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
               resume: bool = False, map_version: str = "auto", progress: bool = True,
               scheduler: str | None = None, retries: int = 3, notes: list[str] | None = None,
-              client=None) -> list[Record]:
+              client=None, image: str | None = None) -> list[Record]:
     """Analyse every case; write per-organ outputs, ``records.jsonl`` and the report files; return the records.
 
     ``scheduler``: None analyses the cases one after the other in this process; ``local:N`` or a Dask scheduler
     address runs each case as a task on Dask (:mod:`shapeqc.cohort`; ``client``: an existing
     ``distributed.Client`` instead), ``retries`` times re-run when its worker dies. Either way this process
     journals each finished case as it arrives. ``notes`` collects what discovery passed over (empty folders,
-    links followed once, other files).
+    links followed once, other files). ``image``: the image of the single case given (ValueError for several
+    cases); otherwise each case's image is found beside it (:mod:`shapeqc.images`).
     """
     out_dir = Path(out_dir)
     if organ is not None:
@@ -336,6 +354,9 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
         cases = discover_cases(inputs, notes)
         records = [r for case_records in done.values() for r in case_records]
         todo = [(case, path) for case, path in cases if case not in done]
+        if image is not None and len(cases) != 1:
+            raise ValueError(f"--image names the image of one case; the inputs hold {len(cases)} cases (images beside "
+                             "each segmentation are found without it, see the README)")
         started = time.perf_counter()
 
         with journal.open("a") as log:
@@ -345,7 +366,10 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
                 os.fsync(log.fileno())
                 records.extend(case_records)
 
-            if scheduler is not None or client is not None:
+            if image is not None:
+                for case, path in todo:
+                    finish(analyse_case(case, path, bundles, out_dir, organ, map_version, image))
+            elif scheduler is not None or client is not None:
                 from shapeqc.cohort import dask_client, local_threads, run_cases
 
                 threads = local_threads(scheduler) if scheduler else None

@@ -8,6 +8,7 @@
 - ``shapeqc grid``: bring one organ to its canonical grid and write it as NIfTI (with its grid_to_world), plus
   the grid mapped back to the input space.
 - ``shapeqc new-bundle``: write a complete, trainable (untrained) bundle for a TotalSegmentator organ.
+- ``shapeqc reviews``: compare a reviewer's verdicts exported from report.html with the run's flags.
 
 Sub-commands import their work when they run, so ``shapeqc --help`` loads neither torch nor MONAI.
 """
@@ -112,8 +113,8 @@ def _analyse(args: argparse.Namespace) -> int:
     try:
         records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
                             map_version=args.map_version, scheduler=args.scheduler, retries=args.retries,
-                            notes=notes)
-    except OutputLockedError as error:
+                            notes=notes, image=args.image)
+    except (OutputLockedError, ValueError) as error:
         raise SystemExit(f"shapeqc analyse: {error}") from None
     for note in notes:
         print(f"shapeqc analyse: note: {note}", file=sys.stderr)
@@ -185,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--map-version", default="auto", choices=("auto", "v1", "v2"))
     analyse.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     analyse.add_argument("--resume", action="store_true", help="skip records already complete in OUTPUT")
+    analyse.add_argument("--image", default=None, metavar="CT.nii.gz",
+                         help="the image the single case given was segmented on, shown under its pictures (found "
+                              "beside each segmentation without it: ct.nii.gz, NAME_ct.nii.gz, ...)")
     analyse.add_argument("--scheduler", default=None, metavar="local:N | tcp://HOST:PORT",
                          help="run each case as a Dask task: local:N starts N worker processes here, an address "
                               "uses a running Dask cluster (pip install shapeqc[cluster]); default: this process")
@@ -208,7 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--spacing", default=None,
                            help="re-slice clean cases to this spacing first, e.g. 0.8,0.8,2.5 (a CT profile)")
     calibrate.set_defaults(run=_calibrate)
+
+    reviews = commands.add_parser("reviews", help="compare a reviewer's verdicts (reviews.csv) with the flags")
+    reviews.add_argument("output", help="the output folder of a shapeqc analyse run (holds report.json)")
+    reviews.add_argument("reviews_csv", help="reviews.csv exported from that run's report.html")
+    reviews.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    reviews.set_defaults(run=_reviews)
     return parser
+
+
+def _reviews(args: argparse.Namespace) -> int:
+    from shapeqc.reviews import reviews_of_run, reviews_text
+
+    try:
+        result = reviews_of_run(args.output, args.reviews_csv)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"shapeqc reviews: {error}") from None
+    print(json.dumps(result, indent=1) if args.json else reviews_text(result))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

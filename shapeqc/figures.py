@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -33,9 +34,13 @@ def write_stl(mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> 
 
 
 def write_overview(segmentation: np.ndarray, reconstruction: np.ndarray, affine: np.ndarray,
-                   centre_voxel: np.ndarray | None, path: str | os.PathLike, title: str = "") -> Path:
-    """Three orthogonal slices through ``centre_voxel`` (the largest defect, else the organ centre) with the
-    segmentation (cyan) and reconstruction (red) contours and the disagreement shaded."""
+                   centre_voxel: np.ndarray | None, path: str | os.PathLike, title: str = "",
+                   image: np.ndarray | None = None, window: tuple[float, float] | None = None) -> Path:
+    """Three orthogonal slices through ``centre_voxel`` (the largest defect, else the organ centre), drawn in mm
+    (a 2.5 mm slice is 2.5 mm tall), with the image the segmentation was drawn on underneath when given
+    (``image`` (D, H, W) on the segmentation's grid, shown in ``window`` (low, high)), the segmentation (cyan) and
+    reconstruction (red) as contours, the disagreement filled (orange: only segmented, purple: only
+    reconstructed) and a 10 mm scale bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,36 +48,49 @@ def write_overview(segmentation: np.ndarray, reconstruction: np.ndarray, affine:
 
     segmentation = np.asarray(segmentation, dtype=bool)
     reconstruction = np.asarray(reconstruction, dtype=bool)
+    occupied = np.argwhere(segmentation | reconstruction)
     if centre_voxel is None:
-        occupied = np.argwhere(segmentation | reconstruction)
         centre_voxel = occupied.mean(axis=0) if len(occupied) else np.array(segmentation.shape) / 2
     centre = np.clip(np.round(centre_voxel).astype(int), 0, np.array(segmentation.shape) - 1)
     spacing = voxel_spacing(affine)
-    occupied = np.argwhere(segmentation | reconstruction)
-    lower = np.maximum(occupied.min(axis=0) - 8, 0) if len(occupied) else np.zeros(3, int)
-    upper = np.minimum(occupied.max(axis=0) + 9, segmentation.shape) if len(occupied) else np.array(segmentation.shape)
-    figure, axes = plt.subplots(1, 3, figsize=(9, 3.3), dpi=90)
+    # room around the organ: 15 mm, so the image shows what the organ borders on
+    margin = np.ceil(15.0 / np.asarray(spacing)).astype(int)
+    lower = np.maximum(occupied.min(axis=0) - margin, 0) if len(occupied) else np.zeros(3, int)
+    upper = (np.minimum(occupied.max(axis=0) + margin + 1, segmentation.shape) if len(occupied)
+             else np.array(segmentation.shape))
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4.8), dpi=100)
     for axis_index, axis in enumerate(axes):
         others = [a for a in range(3) if a != axis_index]
         cut = [slice(lower[a], upper[a]) for a in range(3)]
         cut[axis_index] = centre[axis_index]
         seg, rec = segmentation[tuple(cut)], reconstruction[tuple(cut)]
-        shown = np.zeros(seg.shape + (3,))
-        shown[seg & ~rec] = (0.9, 0.6, 0.0)
-        shown[rec & ~seg] = (0.6, 0.0, 0.9)
-        shown[seg & rec] = (0.35, 0.35, 0.35)
-        aspect = spacing[others[0]] / spacing[others[1]]
-        axis.imshow(np.transpose(shown, (1, 0, 2)), origin="lower", aspect=1 / aspect if aspect else 1,
-                    interpolation="nearest")
+        # rows: the second remaining axis (upwards), columns: the first; extent in mm keeps the true aspect
+        extent = (0.0, seg.shape[0] * spacing[others[0]], 0.0, seg.shape[1] * spacing[others[1]])
+        if image is not None:
+            low, high = window or (float(image.min()), float(image.max()))
+            axis.imshow(image[tuple(cut)].T, origin="lower", extent=extent, cmap="gray", vmin=low, vmax=high,
+                        interpolation="nearest")
+        else:
+            axis.imshow(np.zeros(seg.T.shape), origin="lower", extent=extent, cmap="gray", vmin=0, vmax=1)
+        filled = np.zeros(seg.shape + (4,))
+        filled[seg & ~rec] = (1.0, 0.6, 0.0, 0.75)
+        filled[rec & ~seg] = (0.7, 0.2, 1.0, 0.75)
+        axis.imshow(np.transpose(filled, (1, 0, 2)), origin="lower", extent=extent, interpolation="nearest")
         for mask, colour in ((seg, "cyan"), (rec, "red")):
             if mask.any() and not mask.all():
-                axis.contour(mask.T.astype(float), levels=[0.5], colors=colour, linewidths=0.8)
-        axis.set_title(f"axis {axis_index} = {centre[axis_index]}", fontsize=8)
+                axis.contour(mask.T.astype(float), levels=[0.5], colors=colour, linewidths=1.2, extent=extent)
+        bar_x, bar_y = 0.05 * extent[1], 0.06 * extent[3]
+        axis.plot([bar_x, bar_x + 10.0], [bar_y, bar_y], color="white", linewidth=3, solid_capstyle="butt")
+        axis.text(bar_x + 5.0, bar_y + 0.03 * extent[3], "10 mm", color="white", ha="center", fontsize=9)
+        axis.set_title(f"voxel axis {axis_index} at index {centre[axis_index]}", fontsize=10)
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(title + "  (cyan: segmentation, red: reconstruction; orange: only segmented, "
-                    "purple: only reconstructed)", fontsize=7)
+    figure.suptitle(title + "\ncyan: segmentation, red: reconstruction; filled orange: only segmented, "
+                    "purple: only reconstructed", fontsize=10)
     figure.tight_layout()
-    result = _replace_atomic(Path(path), lambda p: figure.savefig(str(p), format="png"))
+    # where the slices cut, machine-readable (a PNG text chunk), so a test can hold the picture to the record
+    where = json.dumps({"slice_voxel": [int(c) for c in centre]})
+    result = _replace_atomic(Path(path), lambda p: figure.savefig(str(p), format="png",
+                                                                 metadata={"Description": where}))
     plt.close(figure)
     return result

@@ -22,7 +22,8 @@ from shapeqc.quality import (
     predict_quality,
     quality_features,
 )
-from shapeqc.reports import report_csv, report_html
+from shapeqc.reports import report_csv
+from shapeqc.review_page import review_html
 from shapeqc.transforms.organ_loading import load_item_mask
 from shapeqc.transforms.volume_io import write_volume
 
@@ -171,7 +172,7 @@ def test_reports_carry_the_estimate(tmp_path):
     rows = report_csv([judged, unjudged]).splitlines()
     assert rows[0].endswith("predicted_dice,predicted_dice_low,predicted_dice_high")
     assert rows[1].endswith(",0.912,0.85,0.97") and rows[-1].endswith(",,,")
-    assert "<td>0.912 [0.850, 0.970]</td>" in report_html([judged, unjudged], tmp_path)
+    assert "<td>0.912 <small>[0.850, 0.970]</small></td>" in review_html([judged, unjudged], tmp_path)
 
 
 def test_the_benchmark_judges_the_estimate_on_families_it_was_not_fitted_on(adrenal_val_masks):
