@@ -16,6 +16,7 @@ from PIL import Image
 
 from shapeqc import cli
 from shapeqc.analysis import analyse_organ
+from shapeqc.batch import discover_cases
 from shapeqc.bundles import load_bundle
 from shapeqc.images import image_beside
 from shapeqc.reviews import compare_reviews, read_reviews
@@ -156,3 +157,32 @@ def test_reviews_command_on_a_hand_written_csv(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("case,organ,bundle,verdict\na,liver,liver,maybe\n")
     with pytest.raises(SystemExit, match="bad.csv: line 2: verdict 'maybe'"):
         cli.main(["reviews", str(tmp_path), str(tmp_path / "bad.csv")])
+
+
+@pytest.mark.parametrize("segmentation, image", [
+    ("v2_multilabel_seg.nii.gz", "v2_ct.nii.gz"),  # the TotalSegmentator example
+    ("case7.nii.gz", "case7_ct.nii.gz"),
+    ("case7.nii.gz", "case7_0000.nii.gz"),  # nnU-Net naming
+    ("segmentations", "ct.nii.gz"),  # TotalSegmentator -i ct.nii.gz -o segmentations
+    ("liver_seg.nrrd", "liver_ct.nrrd"),
+    ("oncologist/0522c0017/segmentations", "oncologist/0522c0017/CT_IMAGE.nrrd"),  # the head-and-neck tree
+])
+def test_the_image_beside_rule(tmp_path, segmentation, image):
+    (tmp_path / image).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / image).write_bytes(b"")
+    seg = tmp_path / segmentation
+    seg.parent.mkdir(parents=True, exist_ok=True)
+    seg.mkdir() if "." not in seg.name else seg.write_bytes(b"")
+    assert image_beside(seg) == tmp_path / image
+    (tmp_path / image).unlink()
+    assert image_beside(seg) is None
+
+
+def test_an_image_beside_a_segmentation_is_not_a_case(tmp_path, adrenal_val_masks):
+    write_volume(tmp_path / "cohort" / "p1" / "seg.nii.gz", adrenal_val_masks[0], np.eye(4))
+    write_volume(tmp_path / "cohort" / "p1" / "seg_ct.nii.gz", np.zeros((64, 64, 64), np.int16), np.eye(4))
+    write_volume(tmp_path / "cohort" / "p2" / "seg.nii.gz", adrenal_val_masks[1], np.eye(4))
+    notes: list[str] = []
+    cases = discover_cases([str(tmp_path / "cohort")], notes)
+    assert [case for case, _ in cases] == ["p1/seg", "p2/seg"]
+    assert any("seg_ct.nii.gz: the image of" in note for note in notes)
