@@ -92,12 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from shapeqc.batch import run_batch
     from shapeqc.bundles import load_bundle
+    from shapeqc.reports import quality_text
 
     bundle = load_bundle(args.bundle)
     inputs = demo_inputs(args.bundle / "docs" / "example_organ.nii.gz", args.out)
     records = run_batch([str(path) for path, _ in inputs.values()], [bundle], args.out, organ=ORGAN,
                         progress=False)
-    print(f"{'case':<14}{'status':<10}{'Dice':>7}{'ASD mm':>8}{'HD95 mm':>9}  largest defect (mm from corruption)")
+    print(f"{'case':<14}{'status':<10}{'Dice':>7}{'ASD mm':>8}{'HD95 mm':>9}{'pred. Dice [90%]':>22}  "
+          "largest defect (mm from corruption)")
     for record in sorted(records, key=lambda r: r["case"]):
         scores = record["scores"] or {}
         where = ""
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             distance = "" if centre is None else f", {np.linalg.norm(np.subtract(largest['centroid_mm'], centre)):.1f}"
             where = f"{largest['kind']} {largest['volume_ml'] * 1000:.0f} mm^3{distance}"
         print(f"{record['case']:<14}{record['status']:<10}{scores.get('dice', float('nan')):>7.3f}"
-              f"{scores.get('asd_mm', float('nan')):>8.2f}{scores.get('hd95_mm', float('nan')):>9.2f}  {where}")
+              f"{scores.get('asd_mm', float('nan')):>8.2f}{scores.get('hd95_mm', float('nan')):>9.2f}"
+              f"{quality_text(record) or '-':>22}  {where}")
     print(f"report: {(args.out / 'report.html').resolve()}")
     return 0
 
