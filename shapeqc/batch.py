@@ -272,6 +272,10 @@ def inside(out_dir: Path, *parts: str) -> Path:
     return path
 
 
+class ImageArgumentError(ValueError):
+    """``--image`` given for inputs holding other than one case."""
+
+
 def case_image(path: str, image: str | None) -> tuple[VolumeFile | None, str | None]:
     """The image of a case, read once: ``image`` when given, else the one beside the segmentation
     (:func:`shapeqc.images.image_beside`); (None, None) when there is none, (None, warning) when it is unreadable."""
@@ -340,7 +344,7 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
     address runs each case as a task on Dask (:mod:`shapeqc.cohort`; ``client``: an existing
     ``distributed.Client`` instead), ``retries`` times re-run when its worker dies. Either way this process
     journals each finished case as it arrives. ``notes`` collects what discovery passed over (empty folders,
-    links followed once, other files). ``image``: the image of the single case given (ValueError for several
+    links followed once, other files). ``image``: the image of the single case given (ImageArgumentError for several
     cases); otherwise each case's image is found beside it (:mod:`shapeqc.images`).
     """
     out_dir = Path(out_dir)
@@ -355,8 +359,8 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
         records = [r for case_records in done.values() for r in case_records]
         todo = [(case, path) for case, path in cases if case not in done]
         if image is not None and len(cases) != 1:
-            raise ValueError(f"--image names the image of one case; the inputs hold {len(cases)} cases (images beside "
-                             "each segmentation are found without it, see the README)")
+            raise ImageArgumentError(f"--image names the image of one case; the inputs hold {len(cases)} cases "
+                                     "(images beside each segmentation are found without it, see the README)")
         started = time.perf_counter()
 
         with journal.open("a") as log:

@@ -85,7 +85,7 @@ def _new_bundle(args: argparse.Namespace) -> int:
 
 
 def _analyse(args: argparse.Namespace) -> int:
-    from shapeqc.batch import OutputLockedError, run_batch
+    from shapeqc.batch import ImageArgumentError, OutputLockedError, run_batch
     from shapeqc.bundles import BundleTrustError, load_bundle, load_trained_bundles
 
     device = args.device
@@ -114,7 +114,7 @@ def _analyse(args: argparse.Namespace) -> int:
         records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
                             map_version=args.map_version, scheduler=args.scheduler, retries=args.retries,
                             notes=notes, image=args.image)
-    except (OutputLockedError, ValueError) as error:
+    except (OutputLockedError, ImageArgumentError) as error:
         raise SystemExit(f"shapeqc analyse: {error}") from None
     for note in notes:
         print(f"shapeqc analyse: note: {note}", file=sys.stderr)

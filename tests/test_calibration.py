@@ -30,3 +30,21 @@ def test_leave_one_out_rate_is_what_a_case_outside_the_calibration_meets(worse_w
 
 def test_leave_one_out_rate_of_identical_scores_is_zero():
     assert leave_one_out_fpr([0.95] * 10, 0.05, "below") == 0.0
+
+
+def test_the_benchmark_judges_masks_as_given_against_the_profile_calibrated_on_them(tmp_path):
+    """A CT bundle's masks as given (5 mm slices) are nearer the tilted 0.8 x 0.8 x 2.5 mm profile than 1 mm is to
+    either; the as-given benchmark must still use the as-given profile, and a --spacing run the nearest one."""
+    import json
+
+    from shapeqc.evaluation.statistics import shipped_profile
+
+    def profile(spacing, data_spacing, threshold):
+        return {"spacing_mm": spacing, "data_spacing_mm": data_spacing,
+                "metrics": {"dice": {"threshold": threshold, "worse_when": "below", "enabled": True}}}
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "thresholds.json").write_text(json.dumps({"profiles": [
+        profile([0.8, 0.8, 2.5], [0.8, 0.8, 2.5], 0.96), profile(None, [0.836, 0.836, 5.0], 0.97)]}))
+    assert shipped_profile(tmp_path, None)["metrics"]["dice"]["threshold"] == 0.97
+    assert shipped_profile(tmp_path, [0.8, 0.8, 2.5])["metrics"]["dice"]["threshold"] == 0.96

@@ -186,3 +186,11 @@ def test_an_image_beside_a_segmentation_is_not_a_case(tmp_path, adrenal_val_mask
     cases = discover_cases([str(tmp_path / "cohort")], notes)
     assert [case for case, _ in cases] == ["p1/seg", "p2/seg"]
     assert any("seg_ct.nii.gz: the image of" in note for note in notes)
+
+
+def test_image_for_several_cases_is_refused(tmp_path, adrenal_val_masks):
+    for name in ("a", "b"):
+        write_volume(tmp_path / "in" / f"{name}.nii.gz", adrenal_val_masks[0], np.eye(4))
+    with pytest.raises(SystemExit, match="--image names the image of one case; the inputs hold 2 cases"):
+        cli.main(["analyse", str(tmp_path / "in"), "--bundle", str(ADRENAL), "--output", str(tmp_path / "out"),
+                  "--image", str(tmp_path / "in" / "a.nii.gz")])

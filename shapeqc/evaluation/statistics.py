@@ -93,9 +93,13 @@ def shipped_profile(bundle_dir: str | Path, spacing: list[float] | None, require
     ``required``."""
     from shapeqc.thresholds import load_thresholds, select_profile
 
+    thresholds = load_thresholds(bundle_dir)
+    # masks as given are judged against the profile calibrated on them (as given), whatever their voxel size: a CT
+    # bundle's masks (0.8 x 0.8 x 5 mm spleens) are not 1 mm, and the nearest profile to 1 mm may be the CT one
+    as_given = [p for p in (thresholds or {}).get("profiles", []) if p.get("spacing_mm") is None]
     # a --spacing run re-slices every mask with a seeded tilt: oblique, as the tilted profiles were calibrated
-    profile = select_profile(load_thresholds(bundle_dir), tuple(spacing) if spacing else (1.0, 1.0, 1.0),
-                             oblique=bool(spacing))
+    profile = (as_given[0] if spacing is None and as_given else
+               select_profile(thresholds, tuple(spacing) if spacing else (1.0, 1.0, 1.0), oblique=bool(spacing)))
     if profile is None and required:
         raise ValueError(f"{bundle_dir}: no configs/thresholds.json; calibrate the bundle first")
     return profile
