@@ -16,6 +16,7 @@ metric.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import date
 from pathlib import Path
@@ -32,6 +33,8 @@ from shapeqc.transforms.corruption import stable_seed
 from shapeqc.transforms.organ_loading import load_item_mask
 from shapeqc.transforms.reslice import reslice_mask
 from shapeqc.transforms.volume_io import voxel_spacing
+
+logger = logging.getLogger("shapeqc.calibration")
 
 # the calibration's corruptions, by name from the one family registry (shapeqc.evaluation.corruptions) at one
 # severity each: what the family report of docs/calibration_*.json shows beside the thresholds
@@ -129,6 +132,8 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
         for name, corrupted in quality_corruptions(mask, item["case_id"]):
             scores, features = score_case(bundle, corrupted, affine, item_organ)
             quality_rows.append((f"quality_{name}", group, features, true_dice(corrupted, mask), scores["dice"]))
+        logger.info("calibration %s: case %d of %d done (%.0f s)", profile_tag(spacing_mm), index + 1, len(items),
+                    time.perf_counter() - start)
     metrics = {}
     for metric in METRICS:
         clean = np.array([s[metric] for s in clean_scores], dtype=float)
