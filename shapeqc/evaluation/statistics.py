@@ -134,8 +134,9 @@ def dice_estimation(scored: dict, estimator: dict | None = None, coverage: float
     Mahalanobis distance) regressed the same way; and per family the outlier AUROC with the estimate as the score
     (clean cases predicted out of fold, by whole cases) beside the raw Dice's. With ``estimator`` (the bundle's
     shipped one, fitted by its calibration), its predictions of every corrupted case too. {} without features
-    (a run from before they were stored)."""
-    from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, out_of_fold_predictions, predict_quality
+    (a run from before they were stored). Every prediction comes from a model that saw neither the family nor the
+    case (folds of cases inside each left-out family)."""
+    from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, predict_quality
 
     rows = _estimation_rows(scored)
     families = sorted({r["family"] for r in rows} - {"clean"})
@@ -150,32 +151,41 @@ def dice_estimation(scored: dict, estimator: dict | None = None, coverage: float
     held = {"estimate": np.empty(len(rows)), "low": np.empty(len(rows)), "high": np.empty(len(rows)),
             "baseline_B": np.empty(len(rows))}
     auroc_rows = {}
+    raw = np.array([r["scores"]["shapeqc_dice"] for r in rows])
+    cases = sorted(set(groups))
+    order = np.random.default_rng(seed).permutation(len(cases))
+    fold_of_case = {cases[i]: rank % min(5, len(cases)) for rank, i in enumerate(order)}
+    fold = np.array([fold_of_case[g] for g in groups])
     for family in families:
-        train = ~is_family[family]
-        train_features = [x for x, keep in zip(features, train, strict=True) if keep]
-        train_groups = [g for g, keep in zip(groups, train, strict=True) if keep]
-        train_b = [x for x, keep in zip(b_rows, train, strict=True) if keep]
-        fitted = fit_dice_estimator(train_features, truth[train].tolist(), train_groups, coverage=coverage,
-                                    seed=seed)
-        b_fitted = fit_dice_estimator(train_b, truth[train].tolist(), train_groups, coverage=coverage, seed=seed,
-                                      names=("log_b",))
-        for index in np.flatnonzero(is_family[family]):
-            quality = predict_quality(fitted, features[index])
-            held["estimate"][index] = quality["predicted_dice"]
-            held["low"][index], held["high"][index] = quality["interval"]
-            held["baseline_B"][index] = predict_quality(b_fitted, b_rows[index])["predicted_dice"]
-        # clean cases, out of fold within the training rows: none is predicted by a fit that saw it
-        clean_in_train = out_of_fold_predictions(train_features, truth[train].tolist(), train_groups,
-                                                 seed=seed)[clean[train]]
-        raw = np.array([r["scores"]["shapeqc_dice"] for r in rows])
+        # each fold's model is fitted without the family and without the fold's cases, and predicts both the
+        # family's cases and the clean organs of the fold's cases: positives and negatives from the same models
+        clean_predicted = np.empty(len(rows))
+        for k in np.unique(fold):
+            train = ~is_family[family] & (fold != k)
+            train_groups = [g for g, keep in zip(groups, train, strict=True) if keep]
+            fitted = fit_dice_estimator([x for x, keep in zip(features, train, strict=True) if keep],
+                                        truth[train].tolist(), train_groups, coverage=coverage, seed=seed)
+            b_fitted = fit_dice_estimator([x for x, keep in zip(b_rows, train, strict=True) if keep],
+                                          truth[train].tolist(), train_groups, coverage=coverage, seed=seed,
+                                          names=("log_b",))
+            for index in np.flatnonzero((fold == k) & (is_family[family] | clean)):
+                quality = predict_quality(fitted, features[index])
+                if clean[index]:
+                    clean_predicted[index] = quality["predicted_dice"]
+                    continue
+                held["estimate"][index] = quality["predicted_dice"]
+                held["low"][index], held["high"][index] = quality["interval"]
+                held["baseline_B"][index] = predict_quality(b_fitted, b_rows[index])["predicted_dice"]
         auroc_rows[family] = {"cases": int(is_family[family].sum()),
                               "raw_dice": auroc(-raw[is_family[family]], -raw[clean]),
-                              "predicted_dice": auroc(-held["estimate"][is_family[family]], -clean_in_train)}
+                              "predicted_dice": auroc(-held["estimate"][is_family[family]],
+                                                      -clean_predicted[clean])}
     corrupted = ~clean
     raw = np.array([r["scores"]["shapeqc_dice"] for r in rows])
     result = {
-        "protocol": "leave one family out: fitted on the clean cases and the other families, judged on the left-out "
-                    f"family; {coverage:.0%} interval; {len(families)} families",
+        "protocol": "leave one family out: fitted on the clean cases and the other families of the other cases "
+                    f"(5 folds of cases), judged on the left-out family; {coverage:.0%} interval; "
+                    f"{len(families)} families",
         "families": families, "true_dice_range": [float(truth[corrupted].min()), float(truth[corrupted].max())],
         "estimate": estimate_quality_metrics(held["estimate"][corrupted], truth[corrupted],
                                              held["low"][corrupted], held["high"][corrupted]),
