@@ -44,9 +44,14 @@ def judged_items(items: list[dict], check_border: bool = True) -> tuple[list[dic
         except SegmentationInputError as error:
             return {"case_id": item.get("case_id"), **error.as_record()}
 
+    # ITK changes the process's working directory while it loads its modules lazily (the first NRRD read): a
+    # thread reading by a relative path at that moment looks in the wrong folder (15 of 16 head-and-neck masks
+    # were "missing"), so the threads get absolute paths, made before any of them starts
+    prepared = [{key: str(Path(value).absolute()) if isinstance(value, str) and value and not Path(value).is_absolute()
+                 and Path(value).exists() else value for key, value in item.items()} for item in items]
     # decompression and labelling release the GIL: threads read a few hundred label maps several times faster
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        refusals = list(pool.map(refusal, items))
+        refusals = list(pool.map(refusal, prepared))
     usable = [item for item, refused in zip(items, refusals, strict=True) if refused is None]
     rejected = [refused for refused in refusals if refused is not None]
     counts: dict[str, int] = {}

@@ -100,3 +100,19 @@ def test_spinal_cords_cut_by_the_border_are_counted_not_judged(headneck_tree, ca
     with caplog.at_level(logging.INFO, logger="shapeqc.training_data"):
         usable = headneck_split(str(headneck_tree), ["spinal_cord"], "val")
     assert len(usable) < 8 and "of 8 cases usable" in caplog.text and "'truncated'" in caplog.text
+
+
+def test_a_relative_data_folder_finds_every_headneck_mask_in_a_fresh_process(headneck_tree):
+    """ITK changes the working directory while it first loads, which once made the threaded usability check of a
+    relative --dataset_dir find 1 of 16 held-out parotid masks (the calibration then used one case). A fresh
+    interpreter, so that ITK's first load happens inside the threads, as in `monai.bundle run evaluating`."""
+    import os
+    import subprocess
+    import sys
+
+    data = os.path.relpath(headneck_tree.parents[1])
+    code = ("from shapeqc.training_data import headneck_split; "
+            f"print(len(headneck_split({data!r}, ['parotid_gland_left', 'parotid_gland_right'], 'val')))")
+    absolute = headneck_split(str(headneck_tree.parents[1]), ["parotid_gland_left", "parotid_gland_right"], "val")
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(printed.split()[-1]) == len(absolute) == 16
