@@ -23,7 +23,7 @@ define install_env
 endef
 
 $(VENV)/.installed: pyproject.toml
-	$(call install_env,$(VENV),dev$(comma)cluster)
+	$(call install_env,$(VENV),dev$(comma)cluster$(comma)federated)
 
 $(APP_VENV)/.installed: pyproject.toml
 	$(call install_env,$(APP_VENV),dev$(comma)deploy)

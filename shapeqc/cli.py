@@ -8,6 +8,8 @@
 - ``shapeqc grid``: bring one organ to its canonical grid and write it as NIfTI (with its grid_to_world), plus
   the grid mapped back to the input space.
 - ``shapeqc new-bundle``: write a complete, trainable (untrained) bundle for a TotalSegmentator organ.
+- ``shapeqc federated-job``: write an NVIDIA FLARE job that trains a bundle by FedAvg across sites (each on its
+  own datalist); ``shapeqc federated-simulate`` runs it with simulated sites and writes the federated bundle.
 - ``shapeqc reviews``: compare a reviewer's verdicts exported from report.html with the run's flags.
 
 Sub-commands import their work when they run, so ``shapeqc --help`` loads neither torch nor MONAI.
@@ -141,6 +143,52 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _site_pairs(pairs: list[str]) -> dict[str, str]:
+    sites = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"shapeqc federated-job: --site wants NAME=DATALIST, got {pair!r}")
+        sites[name] = path
+    return sites
+
+
+def _federated_job(args: argparse.Namespace) -> int:
+    from shapeqc.federated import site_datalists, write_job
+
+    if bool(args.site) == bool(args.sites):
+        raise SystemExit("shapeqc federated-job: give either --sites N (split the bundle's training data, for a "
+                         "simulation) or --site NAME=DATALIST for every site")
+    if args.sites:
+        sites = site_datalists(args.bundle, args.dataset_dir, args.sites, Path(args.out) / "datalists",
+                               seed=args.seed)
+    else:
+        sites = _site_pairs(args.site)
+    job = write_job(args.bundle, sites, args.rounds, args.local_epochs, args.out, dataset_dir=args.dataset_dir,
+                    seed=args.seed, threads=args.threads)
+    print(json.dumps({"job": str(job), "sites": {name: str(path) for name, path in sites.items()},
+                      "simulate": f"shapeqc federated-simulate {args.out}"}, indent=1))
+    return 0
+
+
+def _federated_simulate(args: argparse.Namespace) -> int:
+    from shapeqc.federated import JOB_SETTINGS, FederatedRunError, simulate, write_federated_bundle
+
+    settings_file = Path(args.job) / JOB_SETTINGS
+    if not settings_file.is_file():
+        raise SystemExit(f"shapeqc federated-simulate: {settings_file} does not exist (write it with federated-job)")
+    settings = json.loads(settings_file.read_text())
+    try:
+        model = simulate(args.job, threads=args.threads)
+    except FederatedRunError as error:
+        raise SystemExit(f"shapeqc federated-simulate: {error}") from None
+    out_bundle = args.bundle_out or str(Path(args.job) / "bundle")
+    write_federated_bundle(settings["bundle"], model, out_bundle, len(settings["sites"]), settings["rounds"],
+                           settings["local_epochs"])
+    print(json.dumps({"global_model": str(model), "bundle": out_bundle}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shapeqc", description="Shape-prior QC of organ segmentations")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--spacing", default=None,
                            help="re-slice clean cases to this spacing first, e.g. 0.8,0.8,2.5 (a CT profile)")
     calibrate.set_defaults(run=_calibrate)
+
+    job = commands.add_parser("federated-job", help="write an NVFlare FedAvg job training a bundle across sites")
+    job.add_argument("--bundle", required=True)
+    job.add_argument("--sites", type=int, default=0,
+                     help="simulation: cut the bundle's training split into N sites (whole scans/cases per site)")
+    job.add_argument("--site", action="append", default=[], metavar="NAME=DATALIST",
+                     help="deployment: a site's NVFlare client name and its datalist JSON, as that site sees it")
+    job.add_argument("--rounds", type=int, required=True, help="FedAvg rounds")
+    job.add_argument("--local-epochs", type=int, default=1, help="epochs each site trains per round")
+    job.add_argument("--out", required=True, help="folder for the job, its settings and (--sites) the datalists")
+    job.add_argument("--dataset_dir", default="../shared/data", help="the bundle's dataset_dir (for --sites)")
+    job.add_argument("--seed", type=int, default=0, help="initial weights and the site split")
+    job.add_argument("--threads", type=int, default=0, help="torch threads per site (0: torch's default)")
+    job.set_defaults(run=_federated_job)
+
+    simulate = commands.add_parser("federated-simulate",
+                                   help="run a federated job with NVFlare's simulator; write the federated bundle")
+    simulate.add_argument("job", help="the --out folder of shapeqc federated-job")
+    simulate.add_argument("--threads", type=int, default=None, help="sites running at once (default: all)")
+    simulate.add_argument("--bundle-out", default=None, help="where to write the federated bundle (JOB/bundle)")
+    simulate.set_defaults(run=_federated_simulate)
 
     reviews = commands.add_parser("reviews", help="compare a reviewer's verdicts (reviews.csv) with the flags")
     reviews.add_argument("output", help="the output folder of a shapeqc analyse run (holds report.json)")
