@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms.utils import generate_spatial_bounding_box
 
 from shapeqc.bundles import Bundle
 from shapeqc.defects import defect_components, difference_map
 from shapeqc.figures import write_overview, write_stl
 from shapeqc.images import image_on_grid
+from shapeqc.metrics import occupied_box
 from shapeqc.quality import predict_quality, quality_features
 from shapeqc.records import Record, new_record
 from shapeqc.refinement import refined_network
@@ -70,16 +70,6 @@ def score_organ(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str
 # a part of an organ counts for plausibility when it holds at least this fraction of the organ's voxels: real
 # segmentations and reconstructions carry specks of a few voxels that say nothing about the organ's shape
 SUBSTANTIAL_PART = 0.05
-
-
-def occupied_box(*masks: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice]:
-    """The smallest box of the (D, H, W) volume holding every True voxel of ``masks``, grown by ``margin`` voxels
-    and clipped to the volume. Scores, defects and parts need only this box: an organ fills a small part of a CT
-    (a liver about a seventh of its 512 x 512 x 200 voxels), and the margin keeps every surface voxel a surface
-    voxel, so the results are those of the whole volume."""
-    occupied = np.logical_or.reduce([np.asarray(m, dtype=bool) for m in masks])
-    start, end = generate_spatial_bounding_box(occupied[None], margin=margin, allow_smaller=True)
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, end, strict=True))
 
 
 def substantial_parts(mask: np.ndarray) -> int:

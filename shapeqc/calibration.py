@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shapeqc.analysis import occupied_box, score_organ, substantial_parts
+from shapeqc.analysis import score_organ, substantial_parts
 from shapeqc.bundles import Bundle, load_bundle
 from shapeqc.evaluation import corruptions
 from shapeqc.evaluation.statistics import auroc, roc_points
+from shapeqc.metrics import occupied_box
 from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, out_of_fold_predictions, quality_features
 from shapeqc.thresholds import METRICS, badness, is_worse, metric_rule
 from shapeqc.transforms.corruption import stable_seed

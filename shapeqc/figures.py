@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shapeqc.metrics import occupied_box
 from shapeqc.transforms.volume_io import voxel_spacing
 
 
@@ -48,16 +49,17 @@ def write_overview(segmentation: np.ndarray, reconstruction: np.ndarray, affine:
 
     segmentation = np.asarray(segmentation, dtype=bool)
     reconstruction = np.asarray(reconstruction, dtype=bool)
-    occupied = np.argwhere(segmentation | reconstruction)
+    empty = not (segmentation.any() or reconstruction.any())
     if centre_voxel is None:
-        centre_voxel = occupied.mean(axis=0) if len(occupied) else np.array(segmentation.shape) / 2
+        centre_voxel = (np.array(segmentation.shape) / 2 if empty
+                        else np.argwhere(segmentation | reconstruction).mean(axis=0))
     centre = np.clip(np.round(centre_voxel).astype(int), 0, np.array(segmentation.shape) - 1)
     spacing = voxel_spacing(affine)
     # room around the organ: 15 mm, so the image shows what the organ borders on
     margin = np.ceil(15.0 / np.asarray(spacing)).astype(int)
-    lower = np.maximum(occupied.min(axis=0) - margin, 0) if len(occupied) else np.zeros(3, int)
-    upper = (np.minimum(occupied.max(axis=0) + margin + 1, segmentation.shape) if len(occupied)
-             else np.array(segmentation.shape))
+    box = (tuple(slice(0, n) for n in segmentation.shape) if empty
+           else occupied_box(segmentation, reconstruction, margin=margin))
+    lower, upper = [b.start for b in box], [b.stop for b in box]
     figure, axes = plt.subplots(1, 3, figsize=(13, 4.8), dpi=100)
     for axis_index, axis in enumerate(axes):
         others = [a for a in range(3) if a != axis_index]

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from shapeqc.cuda_kernels.boundary_sampling import boundary_face_flags
-from shapeqc.metrics import dice
+from shapeqc.metrics import dice, occupied_box
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,7 @@ def shape_scores(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, floa
         return ShapeScores(overlap, 0.0, 0.0, 0.0)
     if not a.any() or not b.any():
         return ShapeScores(overlap, float("inf"), float("inf"), float("inf"))
-    union = np.argwhere(a | b)
-    lower = np.maximum(union.min(axis=0) - margin, 0)
-    upper = np.minimum(union.max(axis=0) + 1 + margin, a.shape)
-    box = tuple(slice(lo, hi) for lo, hi in zip(lower, upper, strict=True))
+    box = occupied_box(a, b, margin=margin)
     spacing = tuple(float(s) for s in spacing)
     # pad the crop so voxels on the crop's edge that are not on the image's edge stay interior
     a_crop, b_crop = np.pad(a[box], 1), np.pad(b[box], 1)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from shapeqc.metrics import occupied_box
 from shapeqc.surface_metrics import shape_scores
 from shapeqc.transforms.corruption import RandPerlinCorruptiond
 
@@ -86,3 +87,17 @@ def test_masks_touching_the_array_border():
     scores = shape_scores(a, b)
     asd, hd95, max_sd = independent_scores(a, b, (1.0, 1.0, 1.0))
     assert (scores.asd_mm, scores.hd95_mm, scores.max_sd_mm) == pytest.approx((asd, hd95, max_sd))
+
+
+@pytest.mark.parametrize("margin, expected", [
+    (0, (slice(3, 5), slice(0, 2), slice(13, 14))),
+    (1, (slice(2, 6), slice(0, 3), slice(12, 14))),      # clipped at both faces of the volume
+    ((1, 0, 2), (slice(2, 6), slice(0, 2), slice(11, 14))),
+])
+def test_occupied_box_holds_every_voxel_of_every_mask_and_stays_in_the_volume(margin, expected):
+    a = np.zeros((10, 12, 14), bool)
+    b = np.zeros_like(a)
+    a[3, 0:2, 13] = True
+    b[4, 1, 13] = True
+    assert occupied_box(a, b, margin=margin) == expected
+    assert occupied_box(np.zeros_like(a)) == (slice(0, 0),) * 3

@@ -147,8 +147,9 @@ def on_acquisition_grids(placed, clean_as_given, clean_acquired) -> list[np.ndar
 
 
 def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
-    from shapeqc.analysis import occupied_box, score_organ
+    from shapeqc.analysis import score_organ
     from shapeqc.evaluation.baselines import shape_descriptors, volume_ml
+    from shapeqc.metrics import occupied_box
     from shapeqc.quality import quality_features
 
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
