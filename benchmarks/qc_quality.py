@@ -34,7 +34,7 @@ import argparse
 import json
 from pathlib import Path
 
-from shapeqc.evaluation.protocol import organ_swap_source, score_run
+from shapeqc.evaluation.protocol import organ_swap_source, other_rater_true_dice, score_run
 from shapeqc.evaluation.report import markdown, plot_roc
 from shapeqc.evaluation.statistics import shipped_fields, shipped_profile, tabulate
 
@@ -108,6 +108,10 @@ def main() -> None:
         # one; a bundle not calibrated yet still gets its scores and AUROCs (shipped columns: --rescore later)
         scored.update(shipped_fields(shipped_profile(args.bundle, args.spacing, required=False)))
         scored["command"] = command(args)
+    if not scored.get("spacing_mm"):
+        # another rater's masks of the held-out scans (head and neck): their true Dice, for the predicted Dice
+        bundle_dir = args.bundle if not args.rescore else ROOT / "bundles" / scored["bundle"]
+        scored["plausible_true_dice"] = other_rater_true_dice(bundle_dir, args.data)
     result = tabulate(scored)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "qc_quality.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -14,6 +14,7 @@ from shapeqc.analysis import analyse_organ
 from shapeqc.bundles import BundleTrustError, bundle_datalist, load_bundle
 from shapeqc.calibration import calibrate, true_dice
 from shapeqc.evaluation.corruptions import FAMILIES
+from shapeqc.evaluation.protocol import other_rater_true_dice
 from shapeqc.evaluation.statistics import dice_estimation
 from shapeqc.quality import (
     QUALITY_FEATURES,
@@ -201,3 +202,24 @@ def test_the_benchmark_judges_the_estimate_on_families_it_was_not_fitted_on(adre
     assert result["raw_dice"]["mae"] == 0.0  # the raw Dice is the true Dice under a perfect prior
     assert result["baseline_B_regressed"]["pearson_r"] is None or result["baseline_B_regressed"]["pearson_r"] < 0.5
     assert set(result["outlier_auroc"]) == set(result["families"])
+    # another rater's masks with their true Dice (here: cuts of six other glands, judged by the same perfect
+    # prior) are predicted by an estimator fitted on every case of the run
+    plausible, true_of = [], {}
+    for index, mask in enumerate(adrenal_val_masks[12:18]):
+        other = plane_cut(mask, 50 + index, fraction=0.1 + 0.03 * index)
+        dice = true_dice(other, mask)
+        true_of[f"rater2_{index}"] = dice
+        plausible.append({"case": f"rater2_{index}", "scores": {
+            "shapeqc_dice": dice, "quality_features": quality_features(other, mask, {"dice": dice, "asd_mm": 0.5})}})
+    with_other = dice_estimation({"clean_scores": clean, "corrupted_scores": corrupted,
+                                  "plausible_scores": plausible, "plausible_true_dice": true_of})
+    other = with_other["other_rater"]
+    assert other["cases"] == 6 and other["raw_dice"]["mae"] == 0.0
+    assert other["estimate"]["mae"] < 0.05
+    assert "other_rater" not in result  # no true Dice, no such table
+
+
+def test_the_other_raters_true_dice_pairs_each_mask_with_the_same_scan_and_organ(headneck_tree):
+    true_of = other_rater_true_dice(ROOT / "bundles" / "parotid_gland", str(headneck_tree.parents[1]))
+    assert len(true_of) == 16 and all(case.split("/")[0].endswith("_radiographer") for case in true_of)
+    assert 0.7 < min(true_of.values()) and max(true_of.values()) < 1.0  # two raters never agree exactly

@@ -52,13 +52,40 @@ def load_masks(items: list[dict], limit: int | None,
     for item in items[:limit] if limit else items:
         loaded = load(dict(item))
         mask, affine = crop_with_margin(loaded["mask"] > 0, loaded["affine"])
-        case = item["case_id"] if not item.get("organ") or "/" in str(item["case_id"]) else (
-            f"{item['case_id']}/{item['organ']}")
+        case = _case_name(item)
         if spacing_mm is not None:
             resliced, affine = acquisition(mask, affine, spacing_mm, str(item["case_id"]), pad_voxels=12)
             mask = resliced > 0
         masks.append((case, mask, affine, str(item.get("organ") or "")))
     return masks
+
+
+def _case_name(item: dict) -> str:
+    """The case name :func:`load_masks` gives an item."""
+    return item["case_id"] if not item.get("organ") or "/" in str(item["case_id"]) else (
+        f"{item['case_id']}/{item['organ']}")
+
+
+def other_rater_true_dice(bundle_dir: Path, data: str) -> dict[str, float]:
+    """{plausible case: Dice of that mask to the clean (validation) mask of the same scan and organ} for a bundle
+    whose ``plausible#datalist`` is another rater's masks of its validation scans (head and neck): the true Dice
+    of a real, plausible segmentation, a test set for the predicted Dice that no corruption generator made. Only
+    pairs on one voxel grid (same shape and affine) count; {} for a bundle without such a set."""
+    from shapeqc.bundles import bundle_datalist
+    from shapeqc.metrics import dice
+    from shapeqc.transforms.organ_loading import load_item_mask
+
+    reference = {(item.get("scan"), item.get("organ")): item
+                 for item in bundle_datalist(bundle_dir, data, "validate#datalist") if item.get("scan")}
+    result = {}
+    for item in bundle_datalist(bundle_dir, data, "plausible#datalist"):
+        clean_item = reference.get((item.get("scan"), item.get("organ")))
+        if clean_item is None:
+            continue
+        (mask, affine), (clean, clean_affine) = load_item_mask(item), load_item_mask(clean_item)
+        if mask.shape == clean.shape and np.allclose(affine, clean_affine, atol=1e-3):
+            result[_case_name(item)] = dice(mask, clean)
+    return result
 
 
 def canonical(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> np.ndarray:

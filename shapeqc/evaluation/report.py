@@ -97,6 +97,19 @@ def dice_estimation_lines(estimation: dict) -> list[str]:
             row = estimation[key]
             lines.append(f"| {label} | {row['organs']} | {cell(row['pearson_r'])} | {cell(row['spearman'])} | "
                          f"{cell(row['mae'])} | {cell(row.get('interval_coverage'))} |")
+    other = estimation.get("other_rater")
+    if other:
+        lines += ["", f"Another rater's real masks of the held-out scans ({other['cases']} organs, true Dice to the "
+                  f"clean masks {other['true_dice_range'][0]:.2f}-{other['true_dice_range'][1]:.2f}; estimator "
+                  "fitted on every clean and corrupted case of this run):", "",
+                  "| predictor | organs | Pearson r | Spearman | MAE | interval coverage |",
+                  "|---|---|---|---|---|---|"]
+        for label, key in [("shapeqc estimate", "estimate"), ("raw Dice(input, reconstruction)", "raw_dice"),
+                           ("the bundle's shipped estimator", "shipped_estimator")]:
+            if key in other:
+                row = other[key]
+                lines.append(f"| {label} | {row['organs']} | {cell(row['pearson_r'])} | {cell(row['spearman'])} | "
+                             f"{cell(row['mae'])} | {cell(row.get('interval_coverage'))} |")
     mean = estimation["outlier_auroc_family_mean"]
     lines += ["", f"Outlier AUROC averaged over the {len(estimation['outlier_auroc'])} families, each scored by an "
               f"estimate fitted without it: predicted Dice {mean['predicted_dice']:.3f}, raw Dice "

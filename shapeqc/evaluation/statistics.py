@@ -200,7 +200,38 @@ def dice_estimation(scored: dict, estimator: dict | None = None, coverage: float
         result["shipped_estimator"] = estimate_quality_metrics(
             [q["predicted_dice"] for q in shipped], truth[corrupted], [q["interval"][0] for q in shipped],
             [q["interval"][1] for q in shipped])
+    other = other_rater_estimation(scored, rows, features, truth, groups, estimator, coverage, seed)
+    if other:
+        result["other_rater"] = other
     return result
+
+
+def other_rater_estimation(scored: dict, rows: list[dict], features: list[dict], truth: np.ndarray,
+                           groups: list[str], estimator: dict | None, coverage: float, seed: int) -> dict:
+    """The predicted Dice of another rater's real masks (``scored["plausible_true_dice"]``, see
+    :func:`shapeqc.evaluation.protocol.other_rater_true_dice`): an estimator fitted on every clean and corrupted
+    case of the run, and the bundle's shipped one, against the raw Dice. {} without such masks."""
+    from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, predict_quality
+
+    true_dice = scored.get("plausible_true_dice") or {}
+    judged = [p for p in scored.get("plausible_scores", []) if p["case"] in true_dice
+              and p["scores"].get("quality_features") and np.isfinite(p["scores"]["shapeqc_dice"])]
+    if len(judged) < 3:
+        return {}
+    fitted = fit_dice_estimator(features, truth.tolist(), groups, coverage=coverage, seed=seed)
+    target = [true_dice[p["case"]] for p in judged]
+    predicted = [predict_quality(fitted, p["scores"]["quality_features"]) for p in judged]
+    other = {"cases": len(judged), "true_dice_range": [float(min(target)), float(max(target))],
+             "estimate": estimate_quality_metrics([q["predicted_dice"] for q in predicted], target,
+                                                  [q["interval"][0] for q in predicted],
+                                                  [q["interval"][1] for q in predicted]),
+             "raw_dice": estimate_quality_metrics([p["scores"]["shapeqc_dice"] for p in judged], target)}
+    if estimator:
+        shipped = [predict_quality(estimator, p["scores"]["quality_features"]) for p in judged]
+        other["shipped_estimator"] = estimate_quality_metrics(
+            [q["predicted_dice"] for q in shipped], target, [q["interval"][0] for q in shipped],
+            [q["interval"][1] for q in shipped])
+    return other
 
 
 def tabulate(scored: dict) -> dict:
@@ -288,6 +319,7 @@ def tabulate(scored: dict) -> dict:
         "family_mean_moderate_without_organ_swap": family_mean_earlier,
         "quality_estimation": estimation,
         "dice_estimation": dice_estimation(scored, scored.get("shipped_quality_estimator")),
+        "plausible_true_dice": scored.get("plausible_true_dice") or {},
         "seconds": scored["seconds"],
         **{key: scored[key] for key in ("clean_scores", "corrupted_scores", "plausible_scores", "rescored")
            if key in scored}}
