@@ -23,7 +23,7 @@ from shapeqc.quality import predict_quality, quality_features
 from shapeqc.records import Record, new_record
 from shapeqc.refinement import refined_network
 from shapeqc.surface_metrics import shape_scores
-from shapeqc.thresholds import OBLIQUE_DEG, decide, obliquity_deg, select_profile
+from shapeqc.thresholds import OBLIQUE_DEG, coarse_input_warning, decide, obliquity_deg, select_profile
 from shapeqc.transforms.canonical_grid import CanonicalGrid
 from shapeqc.transforms.errors import (
     EmptyMaskError,
@@ -138,6 +138,8 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
         timings["metrics"] = time.perf_counter() - start
         profile = select_profile(bundle.thresholds, spacing, obliquity_deg(affine) > OBLIQUE_DEG)
         outlier, past = decide(scores, profile)
+        if coarse := coarse_input_warning(bundle.thresholds, spacing):
+            record["warnings"].append(coarse)
         estimator = (profile or {}).get("quality_estimator")
         if estimator:
             features = quality_features(mask[box], reconstruction[box], scores)

@@ -112,6 +112,35 @@ def select_profile(thresholds: dict | None, spacing_mm, oblique: bool = False) -
     return min(profiles, key=distance)
 
 
+# an input whose voxels are this many times coarser (edge of a voxel of equal volume) than those of every calibration
+# profile is judged outside what any threshold was set on: its record says so
+COARSER_THAN_CALIBRATED = 1.5
+
+
+def _voxel_edge_mm(spacing_mm) -> float:
+    """The edge (mm) of the cube with the volume of one voxel of ``spacing_mm`` (3,)."""
+    return float(np.prod(np.asarray(spacing_mm, dtype=float)) ** (1.0 / 3.0))
+
+
+def coarse_input_warning(thresholds: dict | None, spacing_mm) -> str | None:
+    """A warning when the input's voxels (``spacing_mm`` (3,), mm) are more than :data:`COARSER_THAN_CALIBRATED`
+    times coarser than those of the bundle's coarsest calibration profile: the prior then sees a staircase it
+    never met in calibration, and clean organs fall below a threshold set on finer masks (the TotalSegmentator
+    example's 3 mm adrenal glands against profiles at 1 and 0.8 x 0.8 x 2.5 mm). None otherwise or uncalibrated."""
+    if not thresholds:
+        return None
+    profiles = thresholds.get("profiles") or [thresholds]
+    calibrated = [p.get("spacing_mm") or p.get("data_spacing_mm") or (1.0, 1.0, 1.0) for p in profiles]
+    coarsest = max(calibrated, key=_voxel_edge_mm)
+    if _voxel_edge_mm(spacing_mm) <= COARSER_THAN_CALIBRATED * _voxel_edge_mm(coarsest):
+        return None
+    given = " x ".join(f"{s:g}" for s in np.round(np.asarray(spacing_mm, float), 2))
+    nearest = " x ".join(f"{s:g}" for s in np.round(np.asarray(coarsest, float), 2))
+    return (f"coarse input: voxels of {given} mm, coarser than every calibration profile of the bundle (coarsest "
+            f"{nearest} mm); the threshold was not set on such masks, so clean organs may be flagged. Calibrate a "
+            f"profile at this spacing (shapeqc calibrate --spacing {given.replace(' x ', ',')}) to judge them")
+
+
 def decide(scores: dict, profile: dict | None) -> tuple[bool | None, list[str]]:
     """(outlier?, metrics past their threshold) of ``scores`` {metric: value} under a profile; None without one.
 

@@ -95,6 +95,12 @@ def test_batch_with_bad_inputs_keeps_going_and_reports(bundle, clean_inputs, tot
     # the TotalSegmentator map holds both adrenal glands; both analysed (3 mm voxels: a coarse input)
     assert {("v2_multilabel_seg", "adrenal_gland_left"), ("v2_multilabel_seg", "adrenal_gland_right")} <= set(by_case)
     assert by_case[(Path(clean_inputs[1]).name.split(".")[0], "adrenal_gland_left")]["status"] in ("ok", "outlier")
+    # ... judged, with a warning: 3 mm voxels are far coarser than any profile the adrenal bundle was calibrated on
+    for organ in ("adrenal_gland_left", "adrenal_gland_right"):
+        assert any(w.startswith("coarse input: voxels of 3 x 3 x 3 mm") and "--spacing 3,3,3" in w
+                   for w in by_case[("v2_multilabel_seg", organ)]["warnings"])
+    assert not any(w.startswith("coarse input") for w in by_case[(Path(clean_inputs[1]).name.split(".")[0],
+                                                                   "adrenal_gland_left")]["warnings"])
     errors = (out / "errors.csv").read_text()
     assert "broken.nii.gz" in errors
     report_csv = (out / "report.csv").read_text().splitlines()
