@@ -2,8 +2,8 @@
 initial weights and with the same passes over every mask:
 
 (a) each site training alone on its own masks (``--epochs`` epochs),
-(b) the federation: NVFlare FedAvg, ``--rounds`` rounds of ``--local-epochs`` epochs at every site
-    (rounds x local epochs = ``--epochs``), simulated on this machine,
+(b) the federation: NVFlare FedAvg, for each of ``--schedules`` (``RxE``: R rounds of E epochs at every site,
+    R x E = ``--epochs``), simulated on this machine,
 (c) centralised training on all the masks (``--epochs`` epochs),
 
 each trained by the bundle's own ``configs/train.yaml`` and judged by the QC benchmark
@@ -12,7 +12,7 @@ threshold set as calibration sets it (5% quantile of the clean Dice): leave-one-
 the other rater's masks of the same held-out scans (real, plausible segmentations the threshold never saw).
 
     python benchmarks/federated_comparison.py --bundle bundles/parotid_gland --sites 3 --epochs 40 \\
-        --rounds 8 --local-epochs 5 --cases 8 --out logs/federated_parotid [--jobs 2]
+        --schedules 8x5,40x1 --cases 8 --out logs/federated_parotid [--jobs 2]
 
 Every stage whose output exists is skipped (a stopped run resumes). Writes OUT/federated_comparison.json and .md.
 """
@@ -70,10 +70,11 @@ def train_alone(bundle: Path, out: Path, name: str, datalist: Path | None, epoch
 def train_federated(bundle: Path, out: Path, sites: dict[str, Path], rounds: int, local_epochs: int,
                     dataset_dir: str) -> Path:
     """The NVFlare job (shapeqc.federated) simulated here; returns the federated bundle's weights."""
-    fed_bundle = out / "federated" / "bundle"
+    job = out / f"federated_{rounds}x{local_epochs}"
+    fed_bundle = job / "bundle"
     if not (fed_bundle / "models" / "model.pt").is_file():
-        write_job(bundle, sites, rounds, local_epochs, out / "federated", dataset_dir=dataset_dir, threads=1)
-        model = simulate(out / "federated")
+        write_job(bundle, sites, rounds, local_epochs, job, dataset_dir=dataset_dir, threads=1)
+        model = simulate(job)
         write_federated_bundle(bundle, model, fed_bundle, len(sites), rounds, local_epochs)
     return fed_bundle / "models" / "model.pt"
 
@@ -131,15 +132,16 @@ def main() -> None:
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=40, help="passes over each mask, for every model")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--local-epochs", type=int, default=5)
+    parser.add_argument("--schedules", default="8x5,40x1",
+                        help="federated schedules, comma-separated RxE: R rounds of E local epochs (R x E = epochs)")
     parser.add_argument("--cases", type=int, default=8, help="clean held-out cases of the QC benchmark")
     parser.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--swap-organ-from", default=str(REPO / "bundles" / "hippocampus"))
     parser.add_argument("--jobs", type=int, default=2, help="trainings / benchmarks at once (one thread each)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    if args.rounds * args.local_epochs != args.epochs:
+    schedules = [tuple(int(v) for v in schedule.split("x")) for schedule in args.schedules.split(",")]
+    if any(rounds * local_epochs != args.epochs for rounds, local_epochs in schedules):
         raise SystemExit("rounds x local epochs must equal --epochs: every model passes over each mask as often")
     bundle, out = Path(args.bundle).resolve(), Path(args.out).resolve()
     sites = {path.stem: path for path in sorted((out / "sites").glob("site-*.json"))}
@@ -151,8 +153,9 @@ def main() -> None:
     jobs = {f"(a) {name} alone": (lambda n=name, p=path: train_alone(bundle, out, n, p, args.epochs, args.dataset_dir))
             for name, path in sites.items()}
     jobs["(c) centralised"] = lambda: train_alone(bundle, out, "central", None, args.epochs, args.dataset_dir)
-    jobs["(b) federated"] = lambda: train_federated(bundle, out, sites, args.rounds, args.local_epochs,
-                                                    args.dataset_dir)
+    for rounds, local_epochs in schedules:
+        jobs[f"(b) federated {rounds}x{local_epochs}"] = (
+            lambda r=rounds, e=local_epochs: train_federated(bundle, out, sites, r, e, args.dataset_dir))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         weights = dict(zip(jobs, pool.map(lambda job: job(), jobs.values()), strict=True))
 
@@ -168,7 +171,7 @@ def main() -> None:
     for name, row in results.items():
         row["training_masks"] = (counts[name.split()[1]] if name.startswith("(a)") else sum(counts.values()))
     results = dict(sorted(results.items()))
-    settings = {key: getattr(args, key) for key in ("sites", "epochs", "rounds", "local_epochs", "cases")}
+    settings = {key: getattr(args, key) for key in ("sites", "epochs", "schedules", "cases")}
     (out / "federated_comparison.json").write_text(json.dumps({"bundle": str(bundle), "settings": settings,
                                                                 "results": results}, indent=1))
     (out / "federated_comparison.md").write_text(table(results, settings))
