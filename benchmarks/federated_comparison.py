@@ -4,7 +4,9 @@ initial weights and with the same passes over every mask:
 (a) each site training alone on its own masks (``--epochs`` epochs),
 (b) the federation: NVFlare FedAvg, for each of ``--schedules`` (``RxE``: R rounds of E epochs at every site,
     R x E = ``--epochs``), simulated on this machine,
-(c) centralised training on all the masks (``--epochs`` epochs),
+(c) centralised training on all the masks (``--epochs`` epochs; with ``--central-steps-control``, also for as many
+    optimizer steps as the federation took: FedAvg averages one step per site, so with Adam, whose step size does
+    not grow with the batch, it moves about as far per pass as a single site does),
 
 each trained by the bundle's own ``configs/train.yaml`` and judged by the QC benchmark
 (``benchmarks/qc_quality.py``) on the same held-out masks: family-mean Dice AUROC, and false-positive rates at a
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -77,6 +80,13 @@ def train_federated(bundle: Path, out: Path, sites: dict[str, Path], rounds: int
         model = simulate(job)
         write_federated_bundle(bundle, model, fed_bundle, len(sites), rounds, local_epochs)
     return fed_bundle / "models" / "model.pt"
+
+
+def batch_size(bundle: Path) -> int:
+    """The training batch size of the bundle's own train.yaml."""
+    from shapeqc.bundles import TRAINING_CONFIGS, bundle_parser
+
+    return int(bundle_parser(bundle, TRAINING_CONFIGS).get_parsed_content("batch_size"))
 
 
 def bundle_with(bundle: Path, weights: Path, folder: Path) -> Path:
@@ -137,6 +147,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=8, help="clean held-out cases of the QC benchmark")
     parser.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--swap-organ-from", default=str(REPO / "bundles" / "hippocampus"))
+    parser.add_argument("--central-steps-control", action="store_true",
+                        help="also train centrally for the federation's number of optimizer steps")
     parser.add_argument("--jobs", type=int, default=2, help="trainings / benchmarks at once (one thread each)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -153,6 +165,15 @@ def main() -> None:
     jobs = {f"(a) {name} alone": (lambda n=name, p=path: train_alone(bundle, out, n, p, args.epochs, args.dataset_dir))
             for name, path in sites.items()}
     jobs["(c) centralised"] = lambda: train_alone(bundle, out, "central", None, args.epochs, args.dataset_dir)
+    if args.central_steps_control:
+        # the federation's steps per pass: each site's steps per epoch, averaged as FedAvg weighs them (by steps)
+        site_steps = [math.ceil(len(json.loads(path.read_text())["training"]) / batch_size(bundle))
+                      for path in sites.values()]
+        fed_steps = args.epochs * sum(n * n for n in site_steps) / sum(site_steps)
+        all_masks = sum(len(json.loads(path.read_text())["training"]) for path in sites.values())
+        control_epochs = max(1, round(fed_steps / math.ceil(all_masks / batch_size(bundle))))
+        jobs[f"(c) centralised, {control_epochs} epochs (the federation's steps)"] = (
+            lambda: train_alone(bundle, out, f"central_{control_epochs}", None, control_epochs, args.dataset_dir))
     for rounds, local_epochs in schedules:
         jobs[f"(b) federated {rounds}x{local_epochs}"] = (
             lambda r=rounds, e=local_epochs: train_federated(bundle, out, sites, r, e, args.dataset_dir))
@@ -160,7 +181,7 @@ def main() -> None:
         weights = dict(zip(jobs, pool.map(lambda job: job(), jobs.values()), strict=True))
 
     def judged(name: str) -> dict:
-        slug = name.split(") ", 1)[1].replace(" ", "_")
+        slug = name.split(") ", 1)[1].split(" (")[0].replace(",", "").replace(" ", "_")
         copy = bundle_with(bundle, weights[name], out / "bundles" / slug)
         return summary(benchmark(copy, out / "bench" / slug, args.cases, args.dataset_dir,
                                  Path(args.swap_organ_from).resolve()))
