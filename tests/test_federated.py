@@ -36,7 +36,8 @@ def parotid_training(headneck_tree) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_scans(headneck_tree) -> dict[str, list[dict]]:
     """{scan: its two parotid glands (oncologist)} for TWO_SCANS, without reading every mask of the split."""
-    items = headneck_tree_items(headneck_tree, ["parotid_gland_left", "parotid_gland_right"], raters=("oncologist",))
+    items = list(headneck_tree_items(headneck_tree, ["parotid_gland_left", "parotid_gland_right"],
+                                     raters=("oncologist",)))
     return {scan: [item for item in items if item["scan"] == scan] for scan in TWO_SCANS}
 
 
