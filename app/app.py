@@ -25,6 +25,7 @@ from monai.deploy.core import Application
 from report_writer_operator import ReportWriterOperator
 from shape_qc_operator import ShapeQCOperator
 
+from shapeqc.batch import OutputLock, holds_records, move_aside
 from shapeqc.reports import write_reports
 
 
@@ -36,6 +37,11 @@ class ShapeQCApp(Application):
         context = Application.init_app_context(self.argv)
         input_path, output_path = Path(context.input_path), Path(context.output_path)
         output_path.mkdir(parents=True, exist_ok=True)
+        # one run owns the output folder for the app's life (the kernel drops the lock when the process ends), and
+        # an earlier run's records are moved aside, never overwritten (shapeqc analyse --overwrite does the same)
+        self._output_lock = OutputLock(output_path).__enter__()
+        if holds_records(output_path):
+            logger.warning(f"{output_path} held an earlier run: moved to {move_aside(output_path)}")
         cases = CaseLoaderOperator.discover(input_path, output_path / "dicom_inputs")
         logger.info(f"{len(cases)} case(s) under {input_path}; models {context.model_path}; output {output_path}")
         if not cases:

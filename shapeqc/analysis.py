@@ -70,6 +70,8 @@ def score_organ(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str
 # a part of an organ counts for plausibility when it holds at least this fraction of the organ's voxels: real
 # segmentations and reconstructions carry specks of a few voxels that say nothing about the organ's shape
 SUBSTANTIAL_PART = 0.05
+# the reason code of an organ judged without a usable threshold profile: no threshold, no verdict
+UNCALIBRATED = "uncalibrated"
 
 
 def substantial_parts(mask: np.ndarray) -> int:
@@ -147,10 +149,11 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
         else:
             record["warnings"].append("no quality estimate: the bundle's calibration profile has no quality "
                                       "estimator (calibrated before it existed); recalibrate the bundle")
-        reason = ("uncalibrated: the bundle has no configs/thresholds.json" if outlier is None
+        reason = (f"{UNCALIBRATED}: the bundle has no usable threshold profile (configs/thresholds.json missing, or "
+                  "left by an interrupted calibration); calibrate it (shapeqc calibrate)" if outlier is None
                   else ", ".join(f"{m} past threshold" for m in past) or None)
         if in_pieces:
-            outlier, reason = True, "; ".join(r for r in (in_pieces, reason) if r and not r.startswith("uncal"))
+            outlier, reason = True, "; ".join(r for r in (in_pieces, reason) if r and not r.startswith(UNCALIBRATED))
         judged_against = {k: v for k, v in profile.items() if k != "quality_estimator"} if profile else None
         record.update(scores=scores, outlier=outlier, thresholds=judged_against, defects=[d.to_dict() for d in defects],
                       status="not_judged" if outlier is None else "outlier" if outlier else "ok", reason=reason)

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -45,65 +44,106 @@ from shapeqc.transforms.errors import NonBinaryMaskError, SegmentationInputError
 from shapeqc.transforms.organ_loading import is_label_set_map, organ_file_in
 from shapeqc.transforms.volume_io import VolumeFile, is_volume_path, read_volume_file, strip_volume_suffix
 
+# the lock file of an output folder, and where --overwrite moves an earlier run
+LOCK_FILE = ".shapeqc.lock"
+PREVIOUS_RUNS = "previous_runs"
+
 
 class OutputLockedError(RuntimeError):
     """Another run owns the output folder."""
 
 
-class OutputLock:
-    """Ownership of an output folder by one run: ``OUT/.shapeqc.lock`` holds the owner's pid, host and start.
+class OutputInUseError(RuntimeError):
+    """The output folder holds records of an earlier run, and neither --resume nor --overwrite was given."""
 
-    A second run into the same folder is refused, naming the owner. A lock left by a run that died (same host,
-    pid no longer alive) is stale and taken over with a warning; a lock from another host is never taken over
-    (its pid cannot be checked from here): remove the file by hand once that run is gone.
+
+class OutputLock:
+    """Ownership of an output folder by one run: an exclusive ``flock`` on ``OUT/.shapeqc.lock``.
+
+    The kernel holds the lock for the process and drops it when the process ends, however it ends, so a lock is
+    never stale and never taken over; the file itself is never removed (removing and re-creating a lock file is
+    how two runs come to own one folder). The file names the owner (pid, host, start) for the message a second
+    run gets.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, name: str = ".shapeqc.lock", warn=None) -> None:
+    def __init__(self, out_dir: str | os.PathLike, name: str = LOCK_FILE) -> None:
         self.path = Path(out_dir) / name
-        self.warn = warn or (lambda text: print(f"shapeqc: {text}", file=sys.stderr))
+        self._handle = None
 
     def __enter__(self) -> OutputLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(2):
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder and holder.get("host") == owner["host"] and not _alive(int(holder.get("pid", -1))):
-                    self.warn(f"{self.path}: taking over the lock of run {holder.get('pid')} (no longer running)")
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise OutputLockedError(
-                    f"{self.path.parent} is in use by shapeqc pid {holder.get('pid', '?')} on "
-                    f"{holder.get('host', '?')} since {holder.get('started', '?')}: wait for that run, use another "
-                    f"--output, or delete {self.path} if that run is gone") from None
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(owner, handle)
-            return self
-        raise OutputLockedError(f"{self.path}: could not take the lock")
+        import fcntl
 
-    def _holder(self) -> dict:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except ValueError:
+                holder = {}
+            handle.close()
+            raise OutputLockedError(
+                f"{self.path.parent} is in use by shapeqc pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+                f"since {holder.get('started', '?')}: wait for that run or use another --output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        handle.flush()
+        self._handle = handle
+        return self
 
     def __exit__(self, *exc) -> None:
-        if self._holder().get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the lock
+            self._handle = None
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+def input_signature(path: str | os.PathLike) -> list:
+    """What identifies an input's content cheaply: [name, size, mtime in ns] of the file, or of every file of a
+    per-organ folder (sorted). A case whose signature changed is analysed again by ``--resume``."""
+    path = Path(path)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if path.is_dir():
+            return [[p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
+                    for p in sorted(path.rglob("*")) if p.is_file()]
+        return [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]]
+    except OSError:
+        return [[str(path), None, None]]
+
+
+def resume_key(path: str, bundles: list[Bundle], organ: str | None, map_version: str) -> str:
+    """sha256 of what a case's records depend on: its input file(s) (:func:`input_signature`), every bundle's
+    name and digest, ``--organ`` and the map version. Every record carries it; ``--resume`` keeps a finished case
+    only while its key is unchanged."""
+    import hashlib
+
+    content = {"input": input_signature(path), "bundles": sorted((b.name, b.digest or "") for b in bundles),
+               "organ": organ, "map_version": map_version}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def holds_records(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds the records of a run (a non-empty journal or a report)."""
+    journal = out_dir / "records.jsonl"
+    return (journal.exists() and journal.stat().st_size > 0) or (out_dir / "report.json").exists()
+
+
+def move_aside(out_dir: Path) -> Path:
+    """Move everything an earlier run left in ``out_dir`` (journal, reports, case folders) into
+    ``out_dir/previous_runs/<time>/``, deleting nothing; the lock file stays. Returns that folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out_dir / PREVIOUS_RUNS / stamp
+    number = 2
+    while target.exists():
+        target, number = out_dir / PREVIOUS_RUNS / f"{stamp}-{number}", number + 1
+    target.mkdir(parents=True)
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name not in (PREVIOUS_RUNS, LOCK_FILE):
+            os.replace(entry, target / entry.name)
+    return target
 
 
 def _is_organ_folder(files: list[Path]) -> bool:
@@ -337,34 +377,58 @@ def _load_done(journal: Path) -> dict[str, list[dict]]:
 def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
               resume: bool = False, map_version: str = "auto", progress: bool = True,
               scheduler: str | None = None, retries: int = 3, notes: list[str] | None = None,
-              client=None, image: str | None = None) -> list[Record]:
+              client=None, image: str | None = None, overwrite: bool = False) -> list[Record]:
     """Analyse every case; write per-organ outputs, ``records.jsonl`` and the report files; return the records.
+
+    One run owns ``out_dir`` (:class:`OutputLock`), and a folder keeps its records: a folder holding an earlier
+    run's records needs ``resume`` (keep each finished case whose :func:`resume_key` is unchanged: same input
+    file, bundles, ``organ`` and map version; analyse the rest) or ``overwrite`` (start again; the earlier run is
+    moved to ``out_dir/previous_runs/<time>/``, not deleted); else OutputInUseError.
 
     ``scheduler``: None analyses the cases one after the other in this process; ``local:N`` or a Dask scheduler
     address runs each case as a task on Dask (:mod:`shapeqc.cohort`; ``client``: an existing
     ``distributed.Client`` instead), ``retries`` times re-run when its worker dies. Either way this process
     journals each finished case as it arrives. ``notes`` collects what discovery passed over (empty folders,
-    links followed once, other files). ``image``: the image of the single case given (ImageArgumentError for several
-    cases); otherwise each case's image is found beside it (:mod:`shapeqc.images`).
+    links followed once, other files) and what resume re-ran. ``image``: the image of the single case given
+    (ImageArgumentError for several cases); otherwise each case's image is found beside it (:mod:`shapeqc.images`).
     """
     out_dir = Path(out_dir)
+    notes = notes if notes is not None else []
     if organ is not None:
         known_organ(organ, bundles)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
     with OutputLock(out_dir):
         journal = out_dir / "records.jsonl"
-        done = _load_done(journal) if resume else {}
-        # the journal afresh with the finished cases only: a line cut by a kill must not swallow the next
-        write_atomic(journal, "".join(record_json(r) + "\n" for records in done.values() for r in records))
+        if holds_records(out_dir) and not resume:
+            if not overwrite:
+                raise OutputInUseError(f"{out_dir} holds the records of an earlier run: pass --resume to continue "
+                                       "it, or --overwrite to start again (the earlier run is moved to "
+                                       f"{out_dir / PREVIOUS_RUNS}/, not deleted), or choose another --output")
+            notes.append(f"the earlier run in {out_dir} was moved to {move_aside(out_dir)}")
         cases = discover_cases(inputs, notes)
-        records = [r for case_records in done.values() for r in case_records]
-        todo = [(case, path) for case, path in cases if case not in done]
         if image is not None and len(cases) != 1:
             raise ImageArgumentError(f"--image names the image of one case; the inputs hold {len(cases)} cases "
                                      "(images beside each segmentation are found without it, see the README)")
+        keys = {case: resume_key(path, bundles, organ, map_version) for case, path in cases}
+        done = {}
+        for case, case_records in (_load_done(journal) if resume else {}).items():
+            # a case outside these inputs is kept as it was; one among them only while its key is unchanged
+            if case not in keys or all(r.get("resume_key") == keys[case] for r in case_records):
+                done[case] = case_records
+            else:
+                notes.append(f"{case}: analysed again: its input, the bundles, --organ or the map version changed "
+                             "since its records were made")
+        # the journal afresh with the finished cases only: a line cut by a kill must not swallow the next
+        write_atomic(journal, "".join(record_json(r) + "\n" for records in done.values() for r in records))
+        records = [r for case_records in done.values() for r in case_records]
+        todo = [(case, path) for case, path in cases if case not in done]
         started = time.perf_counter()
 
         with journal.open("a") as log:
             def finish(case_records: list[dict]) -> None:
+                for record in case_records:
+                    record["resume_key"] = keys.get(record["case"])
                 log.write("".join(record_json(r) + "\n" for r in case_records))  # one write per case
                 log.flush()
                 os.fsync(log.fileno())

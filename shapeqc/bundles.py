@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,25 +22,16 @@ import yaml
 from shapeqc.bundle_metadata import check_bundle_metadata
 from shapeqc.networks import PRESETS
 from shapeqc.quality import check_estimator
-from shapeqc.thresholds import load_thresholds
+from shapeqc.thresholds import load_thresholds, profile_problems, usable_profiles
 from shapeqc.transforms.class_maps import class_map, organ_side
+from shapeqc.trust import BundleTrustError, bundle_digest, checked_parser, decide_trust
+
+__all__ = ["Bundle", "BundleTrustError", "UntrainedBundleError", "bundle_digest", "load_bundle",
+           "load_trained_bundles", "find_bundles", "bundle_parser", "bundle_datalist", "new_bundle"]
 
 
 class UntrainedBundleError(RuntimeError):
     """The bundle has no trained weights (a freshly generated bundle): it cannot judge shapes yet."""
-
-
-class BundleTrustError(RuntimeError):
-    """A bundle config would run code outside the allow-list (or its thresholds are out of range); it is loaded
-    only when the user vouches for it (``--trust-bundle PATH``)."""
-
-
-# What a bundle's analysis parts may instantiate without --trust-bundle: MONAI, torch and this project (bare
-# names are MONAI's own components, found by MONAI's locator); `$` expressions only as imports of these.
-TRUSTED_PREFIXES = ("monai.", "torch.", "shapeqc.")
-TRUSTED_IMPORTS = ("monai", "torch", "numpy", "shapeqc")
-# the config ids analysis parses (shapeqc.bundles.load_bundle): everything they reference is checked
-ANALYSIS_IDS = ("network_def", "to_grid", "inferer", "to_source")
 
 
 def trained_bundle(bundle_dir: str | os.PathLike) -> dict:
@@ -186,8 +176,10 @@ class Bundle:
     refine_steps: int = 0
     # label values making up an organ in a dataset's own label map (metadata "organ_labels"), e.g. MSD hippocampus
     organ_labels: dict[str, list[int]] = field(default_factory=dict)
-    # sha256 of configs and weights (bundle_digest), carried by every record
+    # sha256 over every file of the bundle folder (shapeqc.trust.bundle_digest), carried by every record
     digest: str | None = None
+    # why it may run (shapeqc.trust): shipped, trust store, --trust-bundle, checked, expected digest
+    trust: str | None = None
 
     @property
     def name(self) -> str:
@@ -216,143 +208,53 @@ def bundle_from_config(bundle_root: str | os.PathLike, network, to_grid: list, i
                   organ_labels={organ: list(labels) for organ, labels in metadata.get("organ_labels", {}).items()})
 
 
-def load_bundle_network(bundle_dir: str | os.PathLike, device: str = "cpu"):
-    """(the bundle's network (``network_def``) with ``models/model.pt`` loaded, in eval mode, the parser of its
-    inference config)."""
+def load_network(parser, bundle_dir: str | os.PathLike, device: str = "cpu"):
+    """The bundle's network (``network_def`` of ``parser``) with ``models/model.pt`` loaded (tensors only), in
+    eval mode."""
     import torch
 
-    parser = bundle_parser(bundle_dir)
     network = parser.get_parsed_content("network_def")
     state = torch.load(Path(bundle_dir) / "models" / "model.pt", map_location=device, weights_only=True)
     network.load_state_dict(state)
-    return network.to(device).eval(), parser
-
-
-def bundle_digest(bundle_dir: str | os.PathLike) -> str:
-    """sha256 over the bundle's configs and weights (file names and contents, in sorted order): what a site
-    compares with the digest published by whoever shared the bundle before trusting it."""
-    import hashlib
-
-    bundle_dir = Path(bundle_dir)
-    digest = hashlib.sha256()
-    files = sorted([*(bundle_dir / "configs").glob("*"), *(bundle_dir / "models").glob("model.pt")])
-    for path in files:
-        if path.is_file():
-            digest.update(path.relative_to(bundle_dir).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _is_trusted_import(expression: str) -> bool:
-    words = expression.lstrip("$").strip().replace(",", " ").split()
-    if not words or words[0] not in ("import", "from"):
-        return False
-    module = words[1]
-    return module.split(".")[0] in TRUSTED_IMPORTS and (words[0] == "from" or all(
-        w.split(".")[0] in TRUSTED_IMPORTS or w == "as" for w in words[1:]))
-
-
-def untrusted_config_items(config: dict, ids=ANALYSIS_IDS) -> list[str]:
-    """What analysis would run from a parsed bundle ``config`` (a dict, as read from YAML) outside the allow-list:
-    the items ``ids`` and everything they reference with ``@``, plus ``imports``. Each entry says where and what:
-    a ``_target_`` outside MONAI / torch / shapeqc, any ``_requires_``, any ``$`` expression but an import of
-    those packages."""
-    from monai.bundle.config_item import ComponentLocator
-
-    locator = ComponentLocator()
-    problems, seen, pending = [], set(), [*ids, "imports"]
-
-    def lookup(item_id: str):
-        node = config
-        for part in item_id.split("#"):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            elif isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                return None
-        return node
-
-    def visit(node, where: str):
-        if isinstance(node, dict):
-            target = node.get("_target_")
-            if isinstance(target, str) and not target.startswith(("@", "$")):
-                if "." in target and not target.startswith(TRUSTED_PREFIXES):
-                    problems.append(f"{where}: _target_ {target!r} is not MONAI, torch or shapeqc")
-                elif "." not in target and locator.get_component_module_name(target) is None:
-                    problems.append(f"{where}: _target_ {target!r} is not a MONAI component")
-            elif target is not None:
-                problems.append(f"{where}: _target_ {target!r} is computed")
-            if "_requires_" in node:
-                problems.append(f"{where}: _requires_ runs code before the item")
-            for key, value in node.items():
-                visit(value, f"{where}#{key}")
-        elif isinstance(node, list):
-            for index, value in enumerate(node):
-                visit(value, f"{where}#{index}")
-        elif isinstance(node, str):
-            if node.startswith("$") and not _is_trusted_import(node):
-                problems.append(f"{where}: expression {node!r}")
-            for reference in re.findall(r"@([\w#]+)", node):
-                pending.append(reference)
-
-    while pending:
-        item_id = pending.pop(0)
-        if item_id in seen:
-            continue
-        seen.add(item_id)
-        node = lookup(item_id)
-        if node is not None:
-            visit(node, item_id)
-    return problems
-
-
-def check_bundle_trust(bundle_dir: str | os.PathLike, trusted=()) -> None:
-    """BundleTrustError naming the file and every item when the bundle's inference config would run anything
-    outside the allow-list in analysis, unless ``bundle_dir`` is among ``trusted`` (paths the user vouched for
-    with ``--trust-bundle``)."""
-    bundle_dir = Path(bundle_dir)
-    if any(bundle_dir.resolve() == Path(path).resolve() for path in trusted):
-        return
-    path = bundle_dir / "configs" / "inference.yaml"
-    problems = untrusted_config_items(yaml.safe_load(path.read_text()) or {})
-    if problems:
-        raise BundleTrustError(f"{path}: would run code outside MONAI, torch and shapeqc: " + "; ".join(problems[:5])
-                               + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
-                               + f". A bundle is code: check it, then pass --trust-bundle {bundle_dir} to run it")
+    return network.to(device).eval()
 
 
 def check_thresholds(thresholds: dict | None, path: Path) -> None:
-    """BundleTrustError when a threshold profile is out of range: a Dice threshold outside [0, 1], a distance
-    threshold negative or not finite, or an unknown direction; these numbers decide every verdict."""
-    import math
-
-    for profile in (thresholds or {}).get("profiles", []):
-        for metric, rule in profile.get("metrics", {}).items():
-            value = rule.get("threshold")
-            ok = isinstance(value, (int, float)) and math.isfinite(value) and (
-                0.0 <= value <= 1.0 if metric == "dice" else value >= 0.0)
-            if not ok or rule.get("worse_when", "below" if metric == "dice" else "above") not in ("below", "above"):
-                raise BundleTrustError(f"{path}: {metric} threshold {value!r} ({rule.get('worse_when')}) is out of "
-                                       "range; recalibrate the bundle (shapeqc calibrate)")
+    """BundleTrustError when a bundle's thresholds are malformed (:func:`shapeqc.thresholds.profile_problems`) or a
+    profile's quality estimator is (:func:`shapeqc.quality.check_estimator`): these numbers decide every verdict."""
+    problems = profile_problems(thresholds)
+    for profile in usable_profiles(thresholds) if not problems else []:
         if profile.get("quality_estimator"):
             try:
                 check_estimator(profile["quality_estimator"])
             except ValueError as error:
-                raise BundleTrustError(f"{path}: {error}; recalibrate the bundle (shapeqc calibrate)") from error
+                problems.append(str(error))
+    if problems:
+        raise BundleTrustError(f"{path}: {'; '.join(problems)}; recalibrate the bundle (shapeqc calibrate)")
 
 
 def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu", refine_steps: int = 0,
-                trusted=()) -> Bundle:
-    """Load a trained bundle from its ``configs/inference.yaml`` (UntrainedBundleError for an untrained one,
-    BundleTrustError for one whose config runs code outside the allow-list unless it is in ``trusted``)."""
+                trusted=(), expected_digest: str | None = None) -> Bundle:
+    """Load a trained bundle from its ``configs/inference.yaml``: its digest and trust are decided first, before
+    any of its files is parsed (:mod:`shapeqc.trust`); an unvouched bundle's analysis parts are checked on the
+    very parser that then builds them. BundleTrustError for a refused bundle (``trusted``: folders the user vouched
+    for with --trust-bundle; ``expected_digest``: the digest the run was started with, for a second process),
+    UntrainedBundleError for an untrained one."""
     bundle_dir = Path(bundle_dir)
+    decision = decide_trust(bundle_dir, trusted, expected_digest)
     metadata = trained_bundle(bundle_dir)
-    check_bundle_trust(bundle_dir, trusted)
-    network, parser = load_bundle_network(bundle_dir, device)
-    return bundle_from_config(bundle_dir, network, parser.get_parsed_content("to_grid"),
-                              parser.get_parsed_content("inferer"), parser.get_parsed_content("to_source"),
-                              device, refine_steps, metadata)
+    parser = bundle_parser(bundle_dir)
+    if decision.basis == "unvouched":
+        checked_parser(parser, bundle_dir / "configs" / "inference.yaml")
+    network = load_network(parser, bundle_dir, device)
+    bundle = bundle_from_config(bundle_dir, network, parser.get_parsed_content("to_grid"),
+                                parser.get_parsed_content("inferer"), parser.get_parsed_content("to_source"),
+                                device, refine_steps, metadata)
+    if bundle.digest != decision.digest:
+        raise BundleTrustError(f"{bundle_dir}: the bundle's files changed while it was loading (sha256 "
+                               f"{decision.digest} before, {bundle.digest} after)")
+    bundle.trust = "checked" if decision.basis == "unvouched" else decision.basis
+    return bundle
 
 
 def find_bundles(paths: list[str | os.PathLike]) -> list[Path]:

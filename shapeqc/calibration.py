@@ -29,6 +29,7 @@ from shapeqc.evaluation import corruptions
 from shapeqc.evaluation.statistics import auroc, roc_points
 from shapeqc.metrics import occupied_box
 from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, out_of_fold_predictions, quality_features
+from shapeqc.reports import write_atomic
 from shapeqc.thresholds import METRICS, badness, is_worse, metric_rule
 from shapeqc.transforms.corruption import stable_seed
 from shapeqc.transforms.organ_loading import load_item_mask
@@ -166,16 +167,31 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
               "quality_rows": [{"family": f, "case": g, "features": x, "true_dice": t}
                                for f, g, x, t, _ in quality_rows]}
     if write:
-        bundle_dir = Path(bundle_dir)
-        path = bundle_dir / "configs" / "thresholds.json"
-        stored = json.loads(path.read_text()) if path.exists() else {}
-        profiles = [p for p in stored.get("profiles", []) if p.get("spacing_mm") != profile["spacing_mm"]] + [profile]
-        path.write_text(json.dumps({**stored, "profiles": profiles}, indent=1) + "\n")
-        (bundle_dir / "docs").mkdir(exist_ok=True)
-        tag = profile_tag(profile["spacing_mm"])
-        (bundle_dir / "docs" / f"calibration_{tag}.json").write_text(json.dumps(report, indent=1) + "\n")
-        plot_roc(report, bundle_dir / "docs" / f"calibration_roc_{tag}.png")
+        store_calibration(bundle_dir, [report])
     return report
+
+
+def store_calibration(bundle_dir: str | Path, reports: list[dict], plausibility: dict | None = None) -> Path:
+    """Write the profiles of complete calibration ``reports`` (and ``plausibility`` bounds) into the bundle's
+    ``configs/thresholds.json`` in one atomic replace: each replaces the stored profile of its spacing, the others
+    stay; then each report's ``docs/calibration_<tag>.json`` and ROC figure. Called only once every profile is
+    computed, so an interrupted calibration leaves the previous file whole (never a file without profiles)."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / "configs" / "thresholds.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    new_spacings = [report["thresholds"]["spacing_mm"] for report in reports]
+    profiles = [p for p in stored.get("profiles", []) if p.get("spacing_mm") not in new_spacings]
+    profiles += [report["thresholds"] for report in reports]
+    content = {**stored, "profiles": profiles}
+    if plausibility is not None:
+        content["plausibility"] = plausibility
+    write_atomic(path, json.dumps(content, indent=1) + "\n")
+    (bundle_dir / "docs").mkdir(exist_ok=True)
+    for report in reports:
+        tag = profile_tag(report["thresholds"]["spacing_mm"])
+        write_atomic(bundle_dir / "docs" / f"calibration_{tag}.json", json.dumps(report, indent=1) + "\n")
+        plot_roc(report, bundle_dir / "docs" / f"calibration_roc_{tag}.png")
+    return path
 
 
 def fit_quality(quality_rows: list[tuple], clean_scores: list[dict], family_scores: dict) -> tuple[dict | None, dict]:
@@ -212,10 +228,11 @@ def calibrate_profiles(bundle_dir: str, items: list[dict], spacings: list, targe
     """:func:`calibrate` once per acquisition spacing (None: as given), each written as its own profile; with
     ``training_items``, the plausibility bounds from those training masks too (:func:`plausibility_bounds`)."""
     description = f"{data_description} ({len(items)} clean cases)"
-    if training_items:
-        store_plausibility(bundle_dir, plausibility_bounds(training_items))
-    return [calibrate(bundle_dir, items, target_fpr=target_fpr, spacing_mm=None if spacing is None else tuple(spacing),
-                      bundle=bundle, data_description=description) for spacing in spacings]
+    bounds = plausibility_bounds(training_items) if training_items else None
+    reports = [calibrate(bundle_dir, items, target_fpr=target_fpr, bundle=bundle, data_description=description,
+                         spacing_mm=None if spacing is None else tuple(spacing), write=False) for spacing in spacings]
+    store_calibration(bundle_dir, reports, bounds)
+    return reports
 
 
 def profile_tag(spacing_mm) -> str:
@@ -265,12 +282,3 @@ def plausibility_bounds(items: list[dict], volume_factor: float = 0.5) -> dict:
             "rule": f"volume >= {volume_factor:g} x the smallest of {len(volumes)} training organs; no more parts "
                     "(26-connected, each >= 5% of the organ) than any of them",
             "training_volume_mm3_range": [min(volumes), max(volumes)]}
-
-
-def store_plausibility(bundle_dir: str | Path, bounds: dict) -> Path:
-    """Write ``bounds`` as ``plausibility`` into the bundle's ``configs/thresholds.json`` (profiles untouched)."""
-    path = Path(bundle_dir) / "configs" / "thresholds.json"
-    thresholds = json.loads(path.read_text()) if path.exists() else {"profiles": []}
-    thresholds["plausibility"] = bounds
-    path.write_text(json.dumps(thresholds, indent=1) + "\n")
-    return path

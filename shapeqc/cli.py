@@ -11,6 +11,7 @@
 - ``shapeqc federated-job``: write an NVIDIA FLARE job that trains a bundle by FedAvg across sites (each on its
   own datalist); ``shapeqc federated-simulate`` runs it with simulated sites and writes the federated bundle.
 - ``shapeqc reviews``: compare a reviewer's verdicts exported from report.html with the run's flags.
+- ``shapeqc trust``: show what a bundle's configs run, and vouch for it (its digest into your trust store).
 
 Sub-commands import their work when they run, so ``shapeqc --help`` loads neither torch nor MONAI.
 """
@@ -87,7 +88,7 @@ def _new_bundle(args: argparse.Namespace) -> int:
 
 
 def _analyse(args: argparse.Namespace) -> int:
-    from shapeqc.batch import ImageArgumentError, OutputLockedError, run_batch
+    from shapeqc.batch import ImageArgumentError, OutputInUseError, OutputLockedError, run_batch
     from shapeqc.bundles import BundleTrustError, load_bundle, load_trained_bundles
 
     device = args.device
@@ -110,13 +111,14 @@ def _analyse(args: argparse.Namespace) -> int:
     where = f"Dask scheduler {args.scheduler}" if args.scheduler else "this process"
     print(f"shapeqc analyse on {device} in {where}: {len(bundles)} bundle(s)", file=sys.stderr)
     for bundle in bundles:
-        print(f"  {bundle.name} {bundle.metadata.get('version', '?')} sha256 {bundle.digest}", file=sys.stderr)
+        print(f"  {bundle.name} {bundle.metadata.get('version', '?')} sha256 {bundle.digest} ({bundle.trust})",
+              file=sys.stderr)
     notes: list[str] = []
     try:
         records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
                             map_version=args.map_version, scheduler=args.scheduler, retries=args.retries,
-                            notes=notes, image=args.image)
-    except (OutputLockedError, ImageArgumentError) as error:
+                            notes=notes, image=args.image, overwrite=args.overwrite)
+    except (OutputLockedError, OutputInUseError, ImageArgumentError, BundleTrustError) as error:
         raise SystemExit(f"shapeqc analyse: {error}") from None
     for note in notes:
         print(f"shapeqc analyse: note: {note}", file=sys.stderr)
@@ -153,8 +155,31 @@ def _site_pairs(pairs: list[str]) -> dict[str, str]:
     return sites
 
 
+def _trust(args: argparse.Namespace) -> int:
+    from shapeqc.trust import BundleTrustError, bundle_digest, trust_bundle, trust_store_path, what_it_runs
+
+    try:
+        if args.show:
+            print(f"{args.bundle}: sha256 {bundle_digest(args.bundle)}; its configs run:")
+            print("\n".join(f"  {line}" for line in what_it_runs(args.bundle)))
+            return 0
+        entry = trust_bundle(args.bundle, note=args.note or "")
+    except BundleTrustError as error:
+        raise SystemExit(f"shapeqc trust: {error}") from None
+    print(f"{args.bundle}: sha256 {entry['sha256']}; its configs run:")
+    print("\n".join(f"  {line}" for line in entry["runs"]))
+    print(f"trusted: recorded in {trust_store_path()} (any change to any file of the bundle voids it)")
+    return 0
+
+
 def _federated_job(args: argparse.Namespace) -> int:
     from shapeqc.federated import site_datalists, write_job
+    from shapeqc.trust import BundleTrustError, require_trusted
+
+    try:  # every site will run the bundle's training config: code, so only a vouched-for bundle
+        decision = require_trusted(args.bundle, args.trust_bundle or [], purpose="a federated job")
+    except BundleTrustError as error:
+        raise SystemExit(f"shapeqc federated-job: {error}") from None
 
     if bool(args.site) == bool(args.sites):
         raise SystemExit("shapeqc federated-job: give either --sites N (split the bundle's training data, for a "
@@ -165,26 +190,34 @@ def _federated_job(args: argparse.Namespace) -> int:
     else:
         sites = _site_pairs(args.site)
     job = write_job(args.bundle, sites, args.rounds, args.local_epochs, args.out, dataset_dir=args.dataset_dir,
-                    seed=args.seed, threads=args.threads)
+                    seed=args.seed, threads=args.threads, digest=decision.digest)
     print(json.dumps({"job": str(job), "sites": {name: str(path) for name, path in sites.items()},
                       "simulate": f"shapeqc federated-simulate {args.out}"}, indent=1))
     return 0
 
 
 def _federated_simulate(args: argparse.Namespace) -> int:
-    from shapeqc.federated import JOB_SETTINGS, FederatedRunError, simulate, write_federated_bundle
+    from shapeqc.federated import (
+        JOB_SETTINGS,
+        FederatedRunError,
+        check_bundle_out,
+        simulate,
+        write_federated_bundle,
+    )
+    from shapeqc.trust import BundleTrustError
 
     settings_file = Path(args.job) / JOB_SETTINGS
     if not settings_file.is_file():
         raise SystemExit(f"shapeqc federated-simulate: {settings_file} does not exist (write it with federated-job)")
     settings = json.loads(settings_file.read_text())
-    try:
-        model = simulate(args.job, threads=args.threads)
-    except FederatedRunError as error:
-        raise SystemExit(f"shapeqc federated-simulate: {error}") from None
     out_bundle = args.bundle_out or str(Path(args.job) / "bundle")
-    write_federated_bundle(settings["bundle"], model, out_bundle, len(settings["sites"]), settings["rounds"],
-                           settings["local_epochs"])
+    try:
+        check_bundle_out(settings["bundle"], out_bundle)
+        model = simulate(args.job, threads=args.threads)
+        write_federated_bundle(settings["bundle"], model, out_bundle, len(settings["sites"]), settings["rounds"],
+                               settings["local_epochs"], expected_digest=settings.get("digest"))
+    except (FederatedRunError, BundleTrustError, FileExistsError) as error:
+        raise SystemExit(f"shapeqc federated-simulate: {error}") from None
     print(json.dumps({"global_model": str(model), "bundle": out_bundle}, indent=1))
     return 0
 
@@ -233,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--organ", default=None, help="organ name when a bundle covers several")
     analyse.add_argument("--map-version", default="auto", choices=("auto", "v1", "v2"))
     analyse.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    analyse.add_argument("--resume", action="store_true", help="skip records already complete in OUTPUT")
+    analyse.add_argument("--resume", action="store_true",
+                         help="continue the run in OUTPUT: keep each finished case whose input file, bundles and "
+                              "--organ are unchanged; analyse the rest")
+    analyse.add_argument("--overwrite", action="store_true",
+                         help="start again in an OUTPUT that holds an earlier run (moved to OUTPUT/previous_runs/)")
     analyse.add_argument("--image", default=None, metavar="CT.nii.gz",
                          help="the image the single case given was segmented on, shown under its pictures (found "
                               "beside each segmentation without it: ct.nii.gz, NAME_ct.nii.gz, ...)")
@@ -243,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--retries", type=int, default=3,
                          help="with --scheduler: times a case is re-run after its worker died (default 3)")
     analyse.add_argument("--trust-bundle", action="append", metavar="PATH",
-                         help="run this bundle even if its config runs code outside MONAI, torch and shapeqc "
-                              "(a bundle is code: check it first; repeatable)")
+                         help="run this bundle for this run although it is neither shipped nor in your trust store "
+                              "and its configs run more than analysis needs (a bundle is code: read what it runs "
+                              "with `shapeqc trust --show PATH` first; repeatable)")
     analyse.add_argument("--refine-steps", type=int, default=0,
                          help="test-time refinement: encoder fine-tuning steps per organ (0: off)")
     analyse.set_defaults(run=_analyse)
@@ -273,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--dataset_dir", default="../shared/data", help="the bundle's dataset_dir (for --sites)")
     job.add_argument("--seed", type=int, default=0, help="initial weights and the site split")
     job.add_argument("--threads", type=int, default=0, help="torch threads per site (0: torch's default)")
+    job.add_argument("--trust-bundle", action="append", metavar="PATH",
+                     help="train this bundle although it is neither shipped nor in your trust store (its training "
+                          "config is code that every site runs)")
     job.set_defaults(run=_federated_job)
 
     simulate = commands.add_parser("federated-simulate",
@@ -281,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--threads", type=int, default=None, help="sites running at once (default: all)")
     simulate.add_argument("--bundle-out", default=None, help="where to write the federated bundle (JOB/bundle)")
     simulate.set_defaults(run=_federated_simulate)
+
+    trust = commands.add_parser("trust", help="vouch for a bundle: record its digest in your trust store")
+    trust.add_argument("bundle", help="the bundle folder")
+    trust.add_argument("--show", action="store_true", help="only print its digest and what its configs run")
+    trust.add_argument("--note", default=None, help="why it is trusted (kept in the store)")
+    trust.set_defaults(run=_trust)
 
     reviews = commands.add_parser("reviews", help="compare a reviewer's verdicts (reviews.csv) with the flags")
     reviews.add_argument("output", help="the output folder of a shapeqc analyse run (holds report.json)")

@@ -32,12 +32,23 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     WorkerPlugin = object
 
 
+class BundleUnavailableError(RuntimeError):
+    """A task reached a worker that could not load the bundles (its copy differs, or it failed to load): the
+    case is recorded with this reason, never as an unexplained failure."""
+
+
 class ShapeQCBundles(WorkerPlugin):
     """Loads the bundles once on every worker that joins (also on one started to replace a dead worker).
 
+    Each worker first compares the digest of its copy of each bundle with the client's (``digests``), before it
+    reads any file of it as config; then loads it under the same trust rule the client applied (``vouched``:
+    the user passed --trust-bundle for it; otherwise a shipped, trust-store or checked bundle, checked again
+    here). A worker that cannot load the bundles records why and leaves the cluster, so that it takes no cases.
+
     Args:
         paths: bundle folders, as the workers see them.
-        digests: the sha256 each bundle must have (the client's copy): a worker with another copy refuses.
+        digests: the sha256 each bundle must have (the client's copy).
+        vouched: per bundle, whether the user vouched for it with --trust-bundle.
         device: torch device name on the worker.
         refine_steps: test-time refinement steps (as for the client's bundles).
         threads: torch threads per worker (None: torch's default).
@@ -45,9 +56,10 @@ class ShapeQCBundles(WorkerPlugin):
 
     name = "shapeqc-bundles"
 
-    def __init__(self, paths: list[str], digests: list[str | None], device: str = "cpu", refine_steps: int = 0,
-                 threads: int | None = None) -> None:
+    def __init__(self, paths: list[str], digests: list[str | None], vouched: list[bool] | None = None,
+                 device: str = "cpu", refine_steps: int = 0, threads: int | None = None) -> None:
         self.paths, self.digests = list(paths), list(digests)
+        self.vouched = list(vouched) if vouched is not None else [False] * len(self.paths)
         self.device, self.refine_steps, self.threads = device, refine_steps, threads
 
     def setup(self, worker) -> None:
@@ -55,15 +67,20 @@ class ShapeQCBundles(WorkerPlugin):
 
         from shapeqc.bundles import load_bundle
 
+        worker.shapeqc_bundles, worker.shapeqc_error = None, None
         if self.threads:
             torch.set_num_threads(self.threads)
-        # the client checked these bundles (or the user vouched for them); the digest proves the same files
-        bundles = [load_bundle(path, self.device, self.refine_steps, trusted=[path]) for path in self.paths]
-        for bundle, digest in zip(bundles, self.digests, strict=True):
-            if digest is not None and bundle.digest != digest:
-                raise RuntimeError(f"{bundle.path}: this worker's copy of the bundle differs from the client's "
-                                   f"(sha256 {bundle.digest} vs {digest})")
-        worker.shapeqc_bundles = bundles
+        try:
+            worker.shapeqc_bundles = [
+                load_bundle(path, self.device, self.refine_steps, trusted=[path] if vouched else [],
+                            expected_digest=digest)
+                for path, digest, vouched in zip(self.paths, self.digests, self.vouched, strict=True)]
+        except Exception as error:
+            worker.shapeqc_error = f"worker {worker.address} cannot load the bundles: {type(error).__name__}: {error}"
+            logging.getLogger("shapeqc.cohort").error(worker.shapeqc_error)
+            # out of the cluster, so that the scheduler gives its cases to workers that can run them
+            worker.loop.add_callback(worker.close, nanny=True, reason="shapeqc: bundles not loadable")
+            raise
         worker.shapeqc_threads = self.threads
 
 
@@ -73,6 +90,9 @@ def analyse_case_on_worker(case: str, path: str, out_dir: str, organ: str | None
     from distributed import get_worker
 
     worker = get_worker()
+    if getattr(worker, "shapeqc_bundles", None) is None:
+        raise BundleUnavailableError(getattr(worker, "shapeqc_error", None)
+                                     or f"worker {worker.address} has not loaded the bundles")
     if worker.shapeqc_threads:  # OpenMP's thread count is per calling thread: set it in the task's own thread
         torch.set_num_threads(worker.shapeqc_threads)
     return analyse_case(case, path, worker.shapeqc_bundles, out_dir, organ, map_version)
@@ -136,8 +156,10 @@ def run_cases(client, todo: list[tuple[str, str]], bundles: list[Bundle], out_di
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
+    # a worker that cannot load the bundles fails the registration here, before any case is sent
     client.register_plugin(ShapeQCBundles([str(b.path) for b in bundles], [b.digest for b in bundles],
-                                          str(bundles[0].device), bundles[0].refine_steps, threads))
+                                          [b.trust == "--trust-bundle" for b in bundles], str(bundles[0].device),
+                                          bundles[0].refine_steps, threads))
     if progress and client.dashboard_link:
         print(f"shapeqc analyse: Dask dashboard {client.dashboard_link}", flush=True)
     futures = {client.submit(analyse_case_on_worker, case, path, out_dir, organ, map_version, pure=False,
@@ -158,7 +180,10 @@ def run_cases(client, todo: list[tuple[str, str]], bundles: list[Bundle], out_di
                                     f"({retries + 1} tries: killed, out of memory or preempted; last on "
                                     f"{error.last_worker}); the cohort went on without it")
                        for b in bundles]
-        except Exception as error:  # a worker that could not load the bundles, a lost connection
+        except BundleUnavailableError as error:
+            failed += 1
+            records = [error_record(case, path, organ, b.name, f"bundle_unavailable: {error}") for b in bundles]
+        except Exception as error:  # a lost connection, anything else: recorded with its type
             failed += 1
             records = [error_record(case, path, organ, b.name, f"{type(error).__name__}: {error}") for b in bundles]
         for record in records:

@@ -143,7 +143,8 @@ def _recipe(settings: dict):
     from nvflare.recipe.utils import set_per_site_config
 
     common = (f"--bundle {settings['bundle']} --local-epochs {settings['local_epochs']} "
-              f"--dataset-dir {settings['dataset_dir']} --threads {settings['threads']}")
+              f"--dataset-dir {settings['dataset_dir']} --threads {settings['threads']}"
+              + (f" --digest {settings['digest']}" if settings.get("digest") else ""))
     recipe = FedAvgRecipe(
         name=settings["name"],
         model=_network_args(settings["bundle"]),
@@ -162,14 +163,16 @@ def _recipe(settings: dict):
 
 def write_job(bundle_dir: str | os.PathLike, site_datalists: dict[str, str | os.PathLike], rounds: int,
               local_epochs: int, out_dir: str | os.PathLike, dataset_dir: str = ".", seed: int = 0,
-              threads: int = 0) -> Path:
+              threads: int = 0, digest: str | None = None) -> Path:
     """Write the NVFlare job that trains ``bundle_dir`` by FedAvg across the named sites.
 
     ``site_datalists`` maps each site's name (its NVFlare client name) to its datalist JSON as that site sees it;
     ``rounds`` FedAvg rounds of ``local_epochs`` epochs each; ``threads`` caps torch's threads per site (0: torch's
     default). Every site needs shapeqc installed and the bundle at the same path (``bundle_dir``). The server
     starts from :func:`initial_weights` (carried inside the job), so every run of the job starts from the same
-    model. Writes ``out_dir/job/<name>`` (the exported job: ``nvflare job submit -j out_dir/job/<name>`` on a
+    model. ``digest``: the bundle's sha256 as trusted by the caller (:func:`shapeqc.trust.require_trusted`); every
+    site refuses a copy with another one before reading it. Writes ``out_dir/job/<name>`` (the exported job:
+    ``nvflare job submit -j out_dir/job/<name>`` on a
     provisioned deployment) and ``out_dir/shapeqc_job.json`` (the settings; :func:`simulate` reads them).
     Returns the exported job's folder.
     """
@@ -183,7 +186,7 @@ def write_job(bundle_dir: str | os.PathLike, site_datalists: dict[str, str | os.
     settings = {"name": f"shapeqc_{bundle_dir.name}", "bundle": str(bundle_dir),
                 "sites": {site: str(Path(path).resolve()) for site, path in site_datalists.items()},
                 "rounds": int(rounds), "local_epochs": int(local_epochs), "dataset_dir": str(dataset_dir),
-                "seed": int(seed), "threads": int(threads)}
+                "seed": int(seed), "threads": int(threads), "digest": digest}
     initial_weights(bundle_dir, out_dir / INITIAL_MODEL, seed=seed)
     (out_dir / SITE_SCRIPT_FILE).write_text(SITE_SCRIPT)
     job_root = out_dir / "job"
@@ -227,17 +230,43 @@ def _bumped(version: str) -> str:
     return f"{int(major)}.{int(minor) + 1}.0"
 
 
+def check_bundle_out(bundle_dir: str | os.PathLike, out_bundle: str | os.PathLike) -> None:
+    """FileExistsError unless ``out_bundle`` may receive the federated bundle: a new folder, or one that an earlier
+    federated run wrote (its metadata says ``federated``); never the source bundle, a folder inside it or one
+    holding it (replacing those would delete the source)."""
+    source, out = Path(bundle_dir).resolve(), Path(out_bundle).resolve()
+    if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+        raise FileExistsError(f"--bundle-out {out_bundle} is, holds or lies inside the source bundle {bundle_dir}; "
+                              "choose a new folder")
+    if out.exists():
+        try:
+            federated = "federated" in json.loads((out / "configs" / "metadata.json").read_text())
+        except (OSError, ValueError):
+            federated = False
+        if not federated:
+            raise FileExistsError(f"--bundle-out {out_bundle} exists and is not a federated bundle written by "
+                                  "shapeqc; choose a new folder (nothing was removed)")
+
+
 def write_federated_bundle(bundle_dir: str | os.PathLike, global_model: str | os.PathLike,
-                           out_bundle: str | os.PathLike, sites: int, rounds: int, local_epochs: int) -> Path:
+                           out_bundle: str | os.PathLike, sites: int, rounds: int, local_epochs: int,
+                           expected_digest: str | None = None) -> Path:
     """Copy ``bundle_dir`` to ``out_bundle`` with the federated global model as ``models/model.pt``.
 
     The weights must load into the bundle's ``network_def`` (strict). The metadata's version gets a minor bump and
     a changelog entry "federated, N sites, R rounds"; ``eval_metrics`` are emptied and the calibration
     (``configs/thresholds.json``, ``docs/calibration_*``) is removed: it belonged to the old weights. Calibrate the
     new bundle with ``python -m monai.bundle run evaluating`` (its README's command) before analysing with it.
+    ``out_bundle`` must pass :func:`check_bundle_out`; ``expected_digest``: the source bundle's sha256 the job was
+    made with (checked before its configs are read).
     """
     import torch
 
+    from shapeqc.trust import decide_trust
+
+    check_bundle_out(bundle_dir, out_bundle)
+    if expected_digest is not None:
+        decide_trust(bundle_dir, expected_digest=expected_digest)
     bundle_dir, out_bundle = Path(bundle_dir).resolve(), Path(out_bundle).resolve()
     checkpoint = torch.load(global_model, map_location="cpu", weights_only=True)
     state = checkpoint.get("model", checkpoint)

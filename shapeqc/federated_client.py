@@ -75,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--dataset-dir", default=".", help="the bundle's dataset_dir (unused by datalist items)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--digest", default=None,
+                        help="the sha256 the job was made with: this site's copy must have it (shapeqc.trust)")
     args = parser.parse_args(argv)
+    if args.digest is not None:  # before any file of the bundle is read as config: a changed copy runs nothing
+        from shapeqc.trust import decide_trust
+
+        decide_trust(args.bundle, expected_digest=args.digest)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -127,6 +127,13 @@ def check_estimator(estimator: dict) -> dict:
         if len(estimator.get(key, [])) != len(names):
             raise ValueError(f"quality estimator {key!r} has {len(estimator.get(key, []))} values for "
                              f"{len(names)} features")
+    # NaN or infinity would pass every comparison and abort a batch at its end (a JSON file may hold them)
+    numbers = [*estimator["mean"], *estimator["scale"], *estimator["coefficients"],
+               estimator.get("intercept"), estimator.get("half_width"), estimator.get("coverage")]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in numbers):
+        raise ValueError("quality estimator holds a value that is not a finite number (NaN, infinity or missing)")
+    if any(v == 0 for v in estimator["scale"]) or estimator["half_width"] < 0 or not 0 < estimator["coverage"] <= 1:
+        raise ValueError("quality estimator has a zero scale, a negative half width or a coverage outside (0, 1]")
     return estimator
 
 

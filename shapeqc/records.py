@@ -23,7 +23,7 @@ class Record(TypedDict):
     input: str  # the file or folder the user gave
     organ: str | None
     bundle: str  # bundle folder name; several names joined by ", " for a case no bundle could take
-    bundle_digest: str | None  # sha256 over the bundle's configs and weights (shapeqc.bundles.bundle_digest)
+    bundle_digest: str | None  # sha256 over every file of the bundle folder (shapeqc.trust.bundle_digest)
     status: str  # one of STATUSES
     reason: str | None
     outlier: bool | None
@@ -38,13 +38,16 @@ class Record(TypedDict):
     timings: dict[str, float | int]  # seconds per step
     seconds: float | None
     case_records: int  # how many records the case produced: resume redoes a case whose journal lacks some
+    # sha256 of the case's input file(s), the bundles' digests, --organ and map version (shapeqc.batch.resume_key):
+    # resume keeps the case only while it is unchanged
+    resume_key: str | None
 
 
 def new_record(case: str, source: Any, organ: str | None, bundle: str, digest: str | None = None) -> Record:
     """An empty record (status None) to be filled by the analysis."""
     return Record(case=case, input=str(source), organ=organ, bundle=bundle, bundle_digest=digest, status=None,
                   reason=None, outlier=None, scores=None, thresholds=None, defects=[], quality=None, warnings=[],
-                  outputs={}, timings={}, seconds=None, case_records=1)
+                  outputs={}, timings={}, seconds=None, case_records=1, resume_key=None)
 
 
 def error_record(case: str, source: Any, organ: str | None, bundle: str, reason: str,

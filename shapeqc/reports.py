@@ -13,6 +13,9 @@ from shapeqc.review_page import review_html
 from shapeqc.thresholds import METRICS
 from shapeqc.viewer import copy_niivue
 
+# a spreadsheet reads a cell starting with one of these as a formula
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
 
 def csv_cell(value) -> str:
     """A CSV cell that a spreadsheet shows as text: a value starting with ``= + - @`` (or a tab or carriage
@@ -22,7 +25,13 @@ def csv_cell(value) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     text = str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    return "'" + text if text[:1] in FORMULA_STARTS else text
+
+
+def csv_text(cell: str) -> str:
+    """The text a :func:`csv_cell` (or the review page's export, which applies the same guard) was made from: a
+    leading single quote before ``= + - @`` (or a tab or carriage return) is the guard, not part of the value."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in FORMULA_STARTS else cell
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:

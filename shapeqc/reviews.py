@@ -18,6 +18,8 @@ import csv
 import json
 from pathlib import Path
 
+from shapeqc.reports import csv_text
+
 VERDICTS = ("accept", "reject", "unsure")
 
 
@@ -29,7 +31,9 @@ def read_reviews(path: str | Path) -> list[dict]:
         missing = {"case", "organ", "bundle", "verdict"} - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected the review page's export")
-        rows = list(reader)
+        # the export guards cells against formula injection ('-case); the ids compared are the values themselves
+        rows = [{key: csv_text(value) if isinstance(value, str) else value for key, value in row.items()}
+                for row in reader]
     for number, row in enumerate(rows, 2):
         if row["verdict"] not in VERDICTS:
             raise ValueError(f"{path}: line {number}: verdict {row['verdict']!r} is not one of {VERDICTS}")

@@ -86,6 +86,59 @@ def obliquity_deg(affine) -> float:
     return float(np.degrees(np.arccos(np.clip(cosines.max(axis=0), -1.0, 1.0))).max())
 
 
+def usable_profiles(thresholds: dict | None) -> list[dict]:
+    """The profiles of a bundle's thresholds that hold thresholds (a non-empty ``metrics``). A file written by an
+    interrupted calibration (``{"profiles": []}``) or a bundle without one has none, and then no organ is judged
+    (``not_judged: uncalibrated``; :func:`decide` says the same of a profile whose metrics are all disabled). A
+    pre-profile file (one flat profile) counts as one."""
+    if not thresholds:
+        return []
+    profiles = thresholds["profiles"] if "profiles" in thresholds else [thresholds] if "metrics" in thresholds else []
+    return [p for p in profiles if isinstance(p, dict) and p.get("metrics")]
+
+
+def profile_problems(thresholds) -> list[str]:
+    """Why a bundle's thresholds cannot be trusted to decide, one line each (empty: none): not a mapping, a
+    profile naming an unknown metric, a threshold that is not a finite number in range (Dice in [0, 1], distances
+    >= 0 mm), an unknown direction, a target rate outside (0, 1), a spacing that is not three positive numbers."""
+    import math
+
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if thresholds is None:
+        return []
+    if not isinstance(thresholds, dict):
+        return [f"not a JSON object but {type(thresholds).__name__}"]
+    profiles = thresholds.get("profiles", [thresholds] if "metrics" in thresholds else [])
+    if not isinstance(profiles, list):
+        return ["'profiles' is not a list"]
+    problems = []
+    for number, profile in enumerate(profiles):
+        where = f"profile {number}"
+        if not isinstance(profile, dict) or not isinstance(profile.get("metrics", {}), dict):
+            problems.append(f"{where}: not a profile object")
+            continue
+        for metric, rule in profile.get("metrics", {}).items():
+            if metric not in WORSE_WHEN:
+                problems.append(f"{where}: unknown metric {metric!r} (known: {', '.join(METRICS)})")
+                continue
+            value = rule.get("threshold") if isinstance(rule, dict) else None
+            direction = rule.get("worse_when", WORSE_WHEN[metric]) if isinstance(rule, dict) else None
+            if not finite(value) or not (0.0 <= value <= 1.0 if metric == "dice" else value >= 0.0) \
+                    or direction not in ("below", "above"):
+                problems.append(f"{where}: {metric} threshold {value!r} ({direction}) is out of range")
+        target = profile.get("target_fpr")
+        if target is not None and not (finite(target) and 0.0 < target < 1.0):
+            problems.append(f"{where}: target_fpr {target!r} is not a rate in (0, 1)")
+        for key in ("spacing_mm", "data_spacing_mm"):
+            spacing = profile.get(key)
+            if spacing is not None and not (isinstance(spacing, list) and len(spacing) == 3
+                                            and all(finite(v) and v > 0 for v in spacing)):
+                problems.append(f"{where}: {key} {spacing!r} is not three positive numbers (mm)")
+    return problems
+
+
 def select_profile(thresholds: dict | None, spacing_mm, oblique: bool = False) -> dict | None:
     """The calibration profile nearest to an input: its voxel spacing ``spacing_mm`` (3,) in mm and whether its
     voxel axes are ``oblique`` to the scanner's (:func:`obliquity_deg` above :data:`OBLIQUE_DEG`).
@@ -98,9 +151,9 @@ def select_profile(thresholds: dict | None, spacing_mm, oblique: bool = False) -
     inputs. A clean oblique 1 mm mask thus meets the tilted 1 mm profile where the bundle has one, not the
     axis-aligned threshold that its resampling loss would fall below.
     """
-    if not thresholds:
+    profiles = usable_profiles(thresholds)
+    if not profiles:
         return None
-    profiles = thresholds.get("profiles") or [thresholds]
     target = np.sort(np.asarray(spacing_mm, dtype=float))
 
     def distance(profile):
@@ -127,9 +180,9 @@ def coarse_input_warning(thresholds: dict | None, spacing_mm) -> str | None:
     times coarser than those of the bundle's coarsest calibration profile: the prior then sees a staircase it
     never met in calibration, and clean organs fall below a threshold set on finer masks (the TotalSegmentator
     example's 3 mm adrenal glands against profiles at 1 and 0.8 x 0.8 x 2.5 mm). None otherwise or uncalibrated."""
-    if not thresholds:
+    profiles = usable_profiles(thresholds)
+    if not profiles:
         return None
-    profiles = thresholds.get("profiles") or [thresholds]
     calibrated = [p.get("spacing_mm") or p.get("data_spacing_mm") or (1.0, 1.0, 1.0) for p in profiles]
     coarsest = max(calibrated, key=_voxel_edge_mm)
     if _voxel_edge_mm(spacing_mm) <= COARSER_THAN_CALIBRATED * _voxel_edge_mm(coarsest):
@@ -147,7 +200,7 @@ def decide(scores: dict, profile: dict | None) -> tuple[bool | None, list[str]]:
     Each enabled metric is judged in the direction its profile entry stores (``worse_when``), so a calibration
     may orient a new metric either way; an entry without it takes :data:`WORSE_WHEN`.
     """
-    if not profile:
+    if not profile or not any(rule.get("enabled", False) for rule in profile.get("metrics", {}).values()):
         return None, []
     past = [metric for metric, rule in profile.get("metrics", {}).items()
             if rule.get("enabled", False)

@@ -99,6 +99,33 @@ def test_app_reads_the_holoscan_environment_variables(totalseg, tmp_path):
     assert len(records) == 2 and result.returncode == 0
 
 
+def test_app_refuses_a_bundle_that_would_run_code(totalseg, tmp_path):
+    """Issue 30's attack through the Deploy app: a shared bundle whose config writes a marker file is refused
+    before anything of it runs."""
+    from bundle_attacks import attack_bundle
+
+    marker = tmp_path / "MARKER"
+    bundle = attack_bundle(tmp_path / "models", "nested_key", marker)
+    command = (f"ulimit -s 32768 2>/dev/null; exec {sys.executable} app -i '{totalseg / 'v2_multilabel_seg.nii.gz'}' "
+               f"-o '{tmp_path / 'out'}' -m '{bundle}'")
+    result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "SHAPEQC_TRUST_STORE": str(tmp_path / "store.json")})
+    assert result.returncode != 0
+    assert "untrusted bundle" in result.stdout + result.stderr
+    assert not marker.exists() and not (tmp_path / "out" / "report.json").exists()
+
+
+def test_app_moves_an_earlier_run_aside(totalseg, tmp_path):
+    out = tmp_path / "out"
+    inputs = {"HOLOSCAN_INPUT_PATH": str(totalseg / "v2_multilabel_seg.nii.gz"), "HOLOSCAN_OUTPUT_PATH": str(out),
+              "HOLOSCAN_MODEL_PATH": str(BUNDLES / "adrenal_gland")}
+    run_app(None, None, env=inputs, use_flags=False)
+    first = json.loads((out / "report.json").read_text())
+    run_app(None, None, env=inputs, use_flags=False)
+    (previous,) = (out / "previous_runs").iterdir()
+    assert json.loads((previous / "report.json").read_text()) == first
+
+
 def test_app_configuration_matches_pyproject():
     """app/app.yaml as holoscan-cli's packager reads it, and app/requirements.txt, agree with pyproject.toml."""
     from holoscan_cli.packager.config_reader import ApplicationConfiguration

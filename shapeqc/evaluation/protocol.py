@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from shapeqc.evaluation import corruptions as qc
+from shapeqc.transforms.errors import SegmentationInputError
 
 SHAPEQC = {"shapeqc_dice": "dice", "shapeqc_asd": "asd_mm", "shapeqc_hd95": "hd95_mm", "shapeqc_max_sd": "max_sd_mm"}
 SCORED = (*SHAPEQC, "A_volume_z", "B_descriptors", "C_linear_ssm", "D_nearest_dice", "E_rules")
@@ -89,8 +90,15 @@ def other_rater_true_dice(bundle_dir: Path, data: str) -> dict[str, float]:
 
 
 def canonical(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> np.ndarray:
-    return np.asarray(bundle.to_grid({"mask": mask.astype(np.uint8), "affine": affine,
-                                      "organ": organ})["mask"])[0] > 0.5
+    """``mask`` on the bundle's canonical grid, (R, R, R) bool; the input errors of its transforms
+    (SegmentationInputError: an empty mask) are raised as themselves, not wrapped by MONAI's Compose."""
+    try:
+        return np.asarray(bundle.to_grid({"mask": mask.astype(np.uint8), "affine": affine,
+                                          "organ": organ})["mask"])[0] > 0.5
+    except RuntimeError as error:
+        if isinstance(error.__cause__, SegmentationInputError):
+            raise error.__cause__ from None
+        raise
 
 
 def corrupted_cases(clean, families: list[str], swaps: dict[str, list[np.ndarray]]) -> list[dict]:
@@ -178,17 +186,21 @@ def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, org
     from shapeqc.evaluation.baselines import shape_descriptors, volume_ml
     from shapeqc.metrics import occupied_box
     from shapeqc.quality import quality_features
+    from shapeqc.transforms.organ_loading import check_organ_mask
 
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     scores: dict = {}
     try:
+        check_organ_mask(mask, "benchmark case", check_border=False)  # empty (a corruption ate it): not judged
         reconstruction, shape_scores = score_organ(bundle, mask, affine, organ, {})
         scores.update({method: shape_scores[metric] for method, metric in SHAPEQC.items()})
         scores["shapeqc_status"] = "judged"
         box = occupied_box(mask, reconstruction)
         # what the predicted Dice is made of (shapeqc.quality), kept so estimators can be judged on stored runs
         scores["quality_features"] = quality_features(mask[box], reconstruction[box], shape_scores)
-    except Exception as error:  # truncated or empty: shapeqc reports it (not_judged), counted as flagged
+    except SegmentationInputError as error:
+        # an input shapeqc refuses to judge (truncated, empty, ...): what analysis records as not_judged, counted as
+        # flagged; any other exception is a fault of the method, not a detection, and ends the run
         scores.update({method: (-np.inf if metric == "dice" else np.inf) for method, metric in SHAPEQC.items()})
         scores["shapeqc_status"] = f"not judged: {type(error).__name__}"
         scores["quality_features"] = None
@@ -199,7 +211,7 @@ def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, org
         grid = canonical(bundle, mask, affine, organ)
         scores["C_linear_ssm"] = baselines["C"].score(grid)
         scores["D_nearest_dice"] = baselines["D"].score(grid)
-    except Exception:
+    except SegmentationInputError:  # the canonical grid refuses the input: flagged, as for shapeqc above
         scores["C_linear_ssm"] = scores["D_nearest_dice"] = np.inf
     scores["E_rules"] = baselines["E"].score(mask, voxel_ml)
     return scores
