@@ -22,7 +22,7 @@ import yaml
 from shapeqc.bundle_metadata import check_bundle_metadata
 from shapeqc.networks import PRESETS
 from shapeqc.quality import check_estimator
-from shapeqc.thresholds import load_thresholds, profile_problems, usable_profiles
+from shapeqc.thresholds import load_thresholds, profile_problems, stored_profiles
 from shapeqc.transforms.class_maps import class_map, organ_side
 from shapeqc.trust import BundleTrustError, bundle_digest, checked_parser, decide_trust
 
@@ -223,7 +223,7 @@ def check_thresholds(thresholds: dict | None, path: Path) -> None:
     """BundleTrustError when a bundle's thresholds are malformed (:func:`shapeqc.thresholds.profile_problems`) or a
     profile's quality estimator is (:func:`shapeqc.quality.check_estimator`): these numbers decide every verdict."""
     problems = profile_problems(thresholds)
-    for profile in usable_profiles(thresholds) if not problems else []:
+    for profile in stored_profiles(thresholds) if not problems else []:
         if profile.get("quality_estimator"):
             try:
                 check_estimator(profile["quality_estimator"])

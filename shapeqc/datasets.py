@@ -19,6 +19,11 @@ from shapeqc.transforms.organ_loading import read_npz_mask
 from shapeqc.transforms.volume_io import is_volume_path, read_volume, strip_volume_suffix
 
 ADRENALMNIST_ARRAYS = ("train_images", "val_images")
+# The AdrenalMNIST3D arrays carry no affine; their axes run towards the patient's left, posterior and superior
+# (L, P, S: the DICOM-like index order), 1 mm. Evidence (docs/anatomy_audit.md, tests/test_anatomy_frames.py):
+# read so, the glands' third moments along A and S have the signs of real glands in true RAS
+# (TotalSegmentator's), in 98.6% (A) of 1286 masks; read as R, A, S they were anterior-posterior mirror images.
+ADRENALMNIST_AFFINE = ((-1.0, 0.0, 0.0, 0.0), (0.0, -1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 
 
 SEGMENTATION_FOLDER = "segmentations"  # TotalSegmentator's and the head-and-neck set's per-organ folder name
@@ -95,7 +100,8 @@ def paired_label_map_items(folder: str | os.PathLike, organ: str, labels: list[i
 
 def adrenalmnist3d_items(npz_path: str | os.PathLike, arrays: tuple[str, ...] = ADRENALMNIST_ARRAYS,
                          load: bool = False) -> Iterator[dict]:
-    """One item per mask of the AdrenalMNIST3D npz (64^3, 1 mm isotropic, so the affine is the identity).
+    """One item per mask of the AdrenalMNIST3D npz (64^3, 1 mm isotropic), with the arrays' true frame as its
+    ``affine`` (:data:`ADRENALMNIST_AFFINE`: axes L, P, S).
 
     Case id = ``adrenalmnist3d_<split>_<index:04d>`` (``split`` = train or val), stable across runs.
     """
@@ -106,9 +112,10 @@ def adrenalmnist3d_items(npz_path: str | os.PathLike, arrays: tuple[str, ...] = 
         split = name.split("_")[0]
         for index in range(lengths[name]):
             item = {"case_id": f"adrenalmnist3d_{split}_{index:04d}", "mask": str(npz_path), "npz_array": name,
-                    "npz_index": index}
+                    "npz_index": index, "affine": [list(row) for row in ADRENALMNIST_AFFINE]}
             if load:
-                item.update(mask=read_npz_mask(npz_path, name, index), affine=np.eye(4), source=str(npz_path))
+                item.update(mask=read_npz_mask(npz_path, name, index), affine=np.array(ADRENALMNIST_AFFINE),
+                            source=str(npz_path))
             yield item
 
 

@@ -56,8 +56,9 @@ def demo_inputs(example_path: Path, out_dir: Path) -> dict[str, tuple[Path, np.n
     from shapeqc.transforms.reslice import reslice_mask
     from shapeqc.transforms.volume_io import write_volume
 
-    example = np.asarray(nib.load(str(example_path)).dataobj) > 0
-    clean, affine = reslice_mask(example, np.eye(4), SPACING, ROTATION, pad_voxels=16)
+    image = nib.load(str(example_path))
+    example = np.asarray(image.dataobj) > 0
+    clean, affine = reslice_mask(example, image.affine, SPACING, ROTATION, pad_voxels=16)
     occupied = np.argwhere(clean)
     inputs = {"clean": (write_volume(out_dir / "inputs" / "clean.nii.gz", clean, affine), None)}
 
@@ -96,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = load_bundle(args.bundle)
     inputs = demo_inputs(args.bundle / "docs" / "example_organ.nii.gz", args.out)
+    # the inputs were just written anew, so --resume analyses all three again and keeps any other run's records
     records = run_batch([str(path) for path, _ in inputs.values()], [bundle], args.out, organ=ORGAN,
-                        progress=False)
+                        progress=False, resume=True)
+    records = [r for r in records if r["case"] in inputs]
     print(f"{'case':<14}{'status':<10}{'Dice':>7}{'ASD mm':>8}{'HD95 mm':>9}{'pred. Dice [90%]':>22}  "
           "largest defect (mm from corruption)")
     for record in sorted(records, key=lambda r: r["case"]):

@@ -86,15 +86,15 @@ def obliquity_deg(affine) -> float:
     return float(np.degrees(np.arccos(np.clip(cosines.max(axis=0), -1.0, 1.0))).max())
 
 
-def usable_profiles(thresholds: dict | None) -> list[dict]:
-    """The profiles of a bundle's thresholds that hold thresholds (a non-empty ``metrics``). A file written by an
-    interrupted calibration (``{"profiles": []}``) or a bundle without one has none, and then no organ is judged
-    (``not_judged: uncalibrated``; :func:`decide` says the same of a profile whose metrics are all disabled). A
-    pre-profile file (one flat profile) counts as one."""
+def stored_profiles(thresholds: dict | None) -> list[dict]:
+    """The threshold profiles of a bundle's thresholds (a pre-profile file, one flat profile, counts as one). A
+    file written by an interrupted calibration (``{"profiles": []}``) or a bundle without one has none: then no
+    organ is judged (``not_judged: uncalibrated``), and :func:`decide` says the same of a chosen profile without an
+    enabled metric."""
     if not thresholds:
         return []
     profiles = thresholds["profiles"] if "profiles" in thresholds else [thresholds] if "metrics" in thresholds else []
-    return [p for p in profiles if isinstance(p, dict) and p.get("metrics")]
+    return [p for p in profiles if isinstance(p, dict)]
 
 
 def profile_problems(thresholds) -> list[str]:
@@ -151,7 +151,7 @@ def select_profile(thresholds: dict | None, spacing_mm, oblique: bool = False) -
     inputs. A clean oblique 1 mm mask thus meets the tilted 1 mm profile where the bundle has one, not the
     axis-aligned threshold that its resampling loss would fall below.
     """
-    profiles = usable_profiles(thresholds)
+    profiles = stored_profiles(thresholds)
     if not profiles:
         return None
     target = np.sort(np.asarray(spacing_mm, dtype=float))
@@ -180,7 +180,7 @@ def coarse_input_warning(thresholds: dict | None, spacing_mm) -> str | None:
     times coarser than those of the bundle's coarsest calibration profile: the prior then sees a staircase it
     never met in calibration, and clean organs fall below a threshold set on finer masks (the TotalSegmentator
     example's 3 mm adrenal glands against profiles at 1 and 0.8 x 0.8 x 2.5 mm). None otherwise or uncalibrated."""
-    profiles = usable_profiles(thresholds)
+    profiles = stored_profiles(thresholds)
     if not profiles:
         return None
     calibrated = [p.get("spacing_mm") or p.get("data_spacing_mm") or (1.0, 1.0, 1.0) for p in profiles]

@@ -27,9 +27,10 @@ def adrenal_npz() -> Path:
 
 @pytest.fixture(scope="session")
 def adrenal_val_masks(adrenal_npz) -> np.ndarray:
-    """(98, 64, 64, 64) bool, the real AdrenalMNIST3D validation masks at 1 mm."""
+    """(98, 64, 64, 64) bool, the real AdrenalMNIST3D validation masks at 1 mm, in R, A, S array order: with an
+    identity affine they lie in their true frame (the npz stores them L, P, S: shapeqc.datasets.ADRENALMNIST_AFFINE)."""
     with np.load(adrenal_npz) as archive:
-        return archive["val_images"] > 0
+        return np.ascontiguousarray(np.flip(archive["val_images"] > 0, axis=(1, 2)))
 
 
 @pytest.fixture(scope="session")

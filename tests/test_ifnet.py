@@ -114,3 +114,33 @@ def test_prepared_decoding_equals_plain_decoding(preset, projected):
         plain, fast = net.decode(features, points), net.decode_prepared(prepared, points)
     assert sum(weight is None for _, _, weight in prepared.levels) == projected
     torch.testing.assert_close(fast, plain, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("axes", [(0,), (1,), (2,), (0, 1), (0, 1, 2)])
+@pytest.mark.parametrize("preset", ["tiny", "cpu_small"])
+def test_mirrored_weights_see_the_mirrored_world_exactly(preset, axes):
+    """mirrored_state: the new network on a grid equals the old one on the grid flipped along ``axes`` at the
+    mirrored points, to float rounding, through the plain and the prepared decoder (the adrenal 0.6.0 fix)."""
+    from shapeqc.networks.ifnet import mirrored_state
+
+    torch.manual_seed(3)
+    old = ifnet_from_preset(preset)
+    old.train()
+    size = old.grid_size
+    old(torch.rand(2, 1, size, size, size).round(), torch.rand(2, 16, 3) * 2 - 1)  # batch norm statistics
+    old.eval()
+    new = ifnet_from_preset(preset)
+    new.load_state_dict(mirrored_state(old.state_dict(), axes))
+    new.eval()
+    grid = (torch.rand(2, 1, size, size, size) > 0.7).float()
+    points = torch.rand(2, 600, 3) * 2 - 1
+    mirrored = points.clone()
+    mirrored[..., list(axes)] *= -1
+    with torch.no_grad():
+        expected = old(grid.flip([2 + a for a in axes]), mirrored)
+        assert torch.allclose(new(grid, points), expected, atol=1e-5)
+        prepared = new.prepare_decoding(new.encode(grid), min_channels=1)
+        assert torch.allclose(new.decode_prepared(prepared, points), expected, atol=1e-5)
+        assert not torch.allclose(old(grid, points), expected, atol=1e-3)  # the flip matters: a real test
+    twice = mirrored_state(mirrored_state(old.state_dict(), axes), axes)
+    assert all(torch.equal(twice[name], value) for name, value in old.state_dict().items())

@@ -79,7 +79,9 @@ def test_adrenalmnist_reader_ids_and_masks(adrenal_npz):
     loaded = next(adrenalmnist3d_items(adrenal_npz, arrays=("val_images",), load=True))
     with np.load(adrenal_npz) as archive:
         np.testing.assert_array_equal(loaded["mask"], archive["val_images"][0] > 0)
-    np.testing.assert_array_equal(loaded["affine"], np.eye(4))
+    # the arrays' true frame: axes L, P, S at 1 mm (tests/test_anatomy_frames.py gives the evidence)
+    np.testing.assert_array_equal(loaded["affine"], np.diag([-1.0, -1.0, 1.0, 1.0]))
+    assert items[0]["affine"] == np.diag([-1.0, -1.0, 1.0, 1.0]).tolist()
 
 
 def test_splits_are_deterministic_grouped_and_order_free(adrenal_npz):

@@ -224,6 +224,34 @@ class IFNet(nn.Module):
         return self.decode(self.encode(grid), points)
 
 
+def mirrored_state(state: dict[str, torch.Tensor], axes: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The weights of an :class:`IFNet` that sees its world mirrored along the grid's array ``axes``:
+    ``new(grid, points) == old(grid.flip(axes), mirrored points)`` for every input, exactly up to float rounding.
+
+    Why it is exact: a 3x3x3 convolution with replicate padding commutes with a flip once its kernel is flipped
+    along the same axes; batch norm, ReLU and 2x max pooling of even-sized maps (every scale of a grid of size
+    2^k) commute with it; ``grid_sample`` (``align_corners=False``, border padding) samples a flipped map at the
+    mirrored point (-p along the axis) where the unflipped one is sampled at p; and the decoder's neighbour
+    displacements -d and +d along a mirrored axis trade places, so the first decoder layer's input weights of
+    those two displacements are swapped. Used to re-express a prior trained on data read in a mirrored frame in
+    the true one (the AdrenalMNIST3D arrays are L, P, S; docs/anatomy_audit.md).
+    """
+    axes = sorted({int(a) for a in axes})
+    if not set(axes) <= {0, 1, 2}:
+        raise ValueError(f"axes must be array axes 0, 1, 2, got {axes}")
+    new = {name: value.clone() for name, value in state.items()}
+    for name, value in state.items():
+        if name.endswith("weight") and value.ndim == 5:  # Conv3d (out, in, kD, kH, kW)
+            new[name] = value.flip([2 + a for a in axes]).contiguous()
+    order = list(range(7))  # displacement k of the first layer's input: 0 centre, 1 + 2a minus, 2 + 2a plus
+    for a in axes:
+        order[1 + 2 * a], order[2 + 2 * a] = order[2 + 2 * a], order[1 + 2 * a]
+    weight = state["fc_0.weight"]  # (2h, C_all * 7, 1), input index c * 7 + k
+    out_channels, inputs, _ = weight.shape
+    new["fc_0.weight"] = weight.reshape(out_channels, inputs // 7, 7, 1)[:, :, order].reshape(weight.shape).contiguous()
+    return new
+
+
 def ifnet_from_preset(name: str, **overrides) -> IFNet:
     """An IFNet built from a named preset in :data:`PRESETS`, with keyword overrides."""
     if name not in PRESETS:
