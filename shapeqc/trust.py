@@ -118,6 +118,14 @@ def write_shipped(bundles_dir: str | os.PathLike) -> Path:
     return SHIPPED_FILE
 
 
+def _config_nodes(node, where: str = ""):
+    """Every node of a config tree (dicts, lists, scalars), each with its id (``a#b#0``), parents first."""
+    yield where, node
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in children:
+        yield from _config_nodes(value, f"{where}#{key}" if where else str(key))
+
+
 def trust_store_path() -> Path:
     """The user's trust store: ``$SHAPEQC_TRUST_STORE``, else ``$XDG_CONFIG_HOME/shapeqc/trusted_bundles.json``
     (``~/.config`` without it)."""
@@ -151,29 +159,19 @@ def what_it_runs(bundle_dir: str | os.PathLike) -> list[str]:
 
     bundle_dir = Path(bundle_dir)
     lines = []
-
-    def visit(node, where: str, name: str):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "_target_":
-                    lines.append(f"{name}: {where}: builds {value}")
-                elif key in ("_mode_", "_requires_"):
-                    lines.append(f"{name}: {where}: {key} {value!r}")
-                else:
-                    visit(value, f"{where}#{key}" if where else str(key), name)
-        elif isinstance(node, list):
-            for index, value in enumerate(node):
-                visit(value, f"{where}#{index}", name)
-        elif isinstance(node, str) and node.startswith(("$", "%")):
-            lines.append(f"{name}: {where}: {'runs' if node.startswith('$') else 'copies'} {node}")
-
     for path in _config_files(bundle_dir):
         try:
             content = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
         except (OSError, ValueError, yaml.YAMLError) as error:
             lines.append(f"{path.name}: unreadable ({error})")
             continue
-        visit(content, "", path.name)
+        for where, node in _config_nodes(content):
+            if isinstance(node, dict):
+                lines += [f"{path.name}: {where}: builds {node[key]}" if key == "_target_" else
+                          f"{path.name}: {where}: {key} {node[key]!r}"
+                          for key in ("_target_", "_mode_", "_requires_") if key in node]
+            elif isinstance(node, str) and node.startswith(("$", "%")) and not where.endswith("#_target_"):
+                lines.append(f"{path.name}: {where}: {'runs' if node.startswith('$') else 'copies'} {node}")
     code = [p.relative_to(bundle_dir).as_posix() for p in bundle_files(bundle_dir)
             if p.suffix in (".py", ".so", ".pyc", ".pth", ".sh")]
     lines += [f"code file: {name}" for name in code]
@@ -243,72 +241,54 @@ def analysis_config_problems(parser, ids=ANALYSIS_IDS) -> list[str]:
     config = parser.get()
     problems: list[str] = []
 
-    def whole(node, where: str):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                whole(value, f"{where}#{key}" if where else str(key))
-        elif isinstance(node, list):
-            for index, value in enumerate(node):
-                whole(value, f"{where}#{index}")
-        elif isinstance(node, str):
-            if node.startswith("%"):
-                problems.append(f"{where}: macro {node!r} left after expansion (a macro inside a macro)")
-            elif node.startswith("$") and _is_import_statement(node):
-                problem = _import_problem(node)
-                if problem:
-                    problems.append(f"{where}: {node!r} {problem} (MONAI runs every import statement of a config)")
-
-    whole(config, "")
+    for where, node in _config_nodes(config):
+        if isinstance(node, str) and node.startswith("%"):
+            problems.append(f"{where}: macro {node!r} left after expansion (a macro inside a macro)")
+        elif isinstance(node, str) and node.startswith("$") and _is_import_statement(node):
+            problem = _import_problem(node)
+            if problem:
+                problems.append(f"{where}: {node!r} {problem} (MONAI runs every import statement of a config)")
 
     def lookup(item_id: str):
-        node = config
-        for part in ReferenceResolver.split_id(item_id):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            elif isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                return None, False
-        return node, True
+        try:  # MONAI's own navigation of an id, as the resolver will do it
+            return parser[item_id], True
+        except (KeyError, IndexError, ValueError, TypeError):
+            return None, False
 
     pending, seen = [ReferenceResolver.normalize_id(i) for i in ids], set()
 
-    def visit(node, where: str):
-        if isinstance(node, dict):
-            if "_target_" in node:
-                target = node["_target_"]
-                if not isinstance(target, str) or target.startswith(("@", "$", "%")):
-                    problems.append(f"{where}: _target_ {target!r} is computed")
-                else:
-                    name = ConfigComponent(config=node, locator=locator).resolve_module_name()
-                    if name not in ALLOWED_TARGETS:
-                        problems.append(f"{where}: _target_ {target!r} ({name}) is not one of the components "
-                                        "analysis uses")
-            for key in node:
-                if isinstance(key, str) and key.startswith("_") and key.endswith("_") and len(key) > 2 \
-                        and key not in ALLOWED_SPECIAL_KEYS:
-                    problems.append(f"{where}: {key} is not allowed (_mode_ and _requires_ run code of their own)")
-            for key, value in node.items():
-                if not isinstance(key, str) or key.startswith("+") or "#" in key or "::" in key:
-                    problems.append(f"{where}: key {key!r} is merged or nested into other items by MONAI")
-                if key != "_target_":
-                    visit(value, f"{where}#{key}")
-        elif isinstance(node, list):
-            for index, value in enumerate(node):
-                visit(value, f"{where}#{index}")
-        elif isinstance(node, str):
-            if node.startswith("$"):
-                problems.append(f"{where}: expression {node!r}")
-            elif node.startswith("%"):
-                problems.append(f"{where}: macro {node!r}")
-            elif node.startswith("@"):
-                reference = node[1:]
-                if ReferenceResolver.id_matcher.fullmatch(ReferenceResolver.normalize_id(node)) is None:
-                    problems.append(f"{where}: reference {node!r} is not a plain id")
-                else:
-                    pending.append(ReferenceResolver.normalize_id(reference))
-        elif node is not None and not isinstance(node, (bool, int, float)):
-            problems.append(f"{where}: value of type {type(node).__name__}")
+    def visit(root, root_id: str):
+        for where, node in _config_nodes(root, root_id):
+            if where.endswith("#_target_"):  # judged with its component below
+                continue
+            if isinstance(node, dict):
+                if "_target_" in node:
+                    target = node["_target_"]
+                    if not isinstance(target, str) or target.startswith(("@", "$", "%")):
+                        problems.append(f"{where}: _target_ {target!r} is computed")
+                    else:
+                        name = ConfigComponent(config=node, locator=locator).resolve_module_name()
+                        if name not in ALLOWED_TARGETS:
+                            problems.append(f"{where}: _target_ {target!r} ({name}) is not one of the components "
+                                            "analysis uses")
+                for key in node:
+                    if isinstance(key, str) and key.startswith("_") and key.endswith("_") and len(key) > 2 \
+                            and key not in ALLOWED_SPECIAL_KEYS:
+                        problems.append(f"{where}: {key} is not allowed (_mode_ and _requires_ run code of their own)")
+                    if not isinstance(key, str) or key.startswith("+") or "#" in key or "::" in key:
+                        problems.append(f"{where}: key {key!r} is merged or nested into other items by MONAI")
+            elif isinstance(node, str):
+                if node.startswith("$"):
+                    problems.append(f"{where}: expression {node!r}")
+                elif node.startswith("%"):
+                    problems.append(f"{where}: macro {node!r}")
+                elif node.startswith("@"):
+                    if ReferenceResolver.id_matcher.fullmatch(ReferenceResolver.normalize_id(node)) is None:
+                        problems.append(f"{where}: reference {node!r} is not a plain id")
+                    else:
+                        pending.append(ReferenceResolver.normalize_id(node[1:]))
+            elif node is not None and not isinstance(node, (bool, int, float, list)):
+                problems.append(f"{where}: value of type {type(node).__name__}")
 
     while pending:
         item_id = pending.pop(0)

@@ -343,23 +343,11 @@ def test_reviews_match_case_ids_the_export_guarded(glands, tmp_path):
 
 def test_the_qc_benchmark_counts_only_refused_inputs_as_detections(adrenal_val_masks):
     from shapeqc.bundles import load_bundle
-    from shapeqc.evaluation.baselines import (
-        DescriptorMahalanobis,
-        LinearShapeModel,
-        NearestNeighbourDice,
-        ScreeningRules,
-        VolumeZScore,
-        shape_descriptors,
-    )
-    from shapeqc.evaluation.protocol import canonical, score_all
+    from shapeqc.evaluation.protocol import fit_baselines, score_all
 
     bundle = load_bundle(BUNDLE)
     masks = [m for m in adrenal_val_masks[:12] if m.any()][:8]
-    volumes = [float(m.sum()) / 1000.0 for m in masks]
-    grids = np.stack([canonical(bundle, m, np.eye(4), "adrenal_gland_left") for m in masks])
-    baselines = {"A": VolumeZScore().fit(volumes), "B": DescriptorMahalanobis().fit(np.stack(
-                 [shape_descriptors(m) for m in masks])), "C": LinearShapeModel().fit(grids),
-                 "D": NearestNeighbourDice().fit(grids), "E": ScreeningRules().fit(volumes)}
+    baselines = fit_baselines(bundle, [("", m, np.eye(4), "adrenal_gland_left") for m in masks])
     empty = np.zeros((40, 40, 40), bool)  # a corruption ate the organ: shapeqc refuses to judge it, counted as flagged
     scores = score_all(bundle, baselines, empty, np.eye(4), "adrenal_gland_left")
     assert scores["shapeqc_status"] == "not judged: EmptyMaskError"

@@ -217,15 +217,9 @@ def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, org
     return scores
 
 
-def score_run(bundle_dir: Path, data: str, cases: int | None = 30, train_limit: int | None = 400,
-              families: str = "all", spacing: tuple[float, float, float] | None = None,
-              swap_organ_from: Path | None = None) -> dict:
-    """Builds the cases and scores every one of them with every method of :data:`SCORED` (the slow part).
-
-    ``families``: "all" (every registry family and both swaps) or comma-separated names; ``spacing``: re-slice
-    every mask as a CT acquisition at this voxel size (mm) first; ``swap_organ_from``: the bundle whose val
-    masks are the other organ (default :func:`organ_swap_source`)."""
-    from shapeqc.bundles import bundle_datalist, load_bundle
+def fit_baselines(bundle, train: list[tuple]) -> dict:
+    """The five baselines A-E (:mod:`shapeqc.evaluation.baselines`) fitted on training masks ``train``: (case,
+    mask (D, H, W) bool, affine (4, 4), organ) tuples, as :func:`load_masks` gives them."""
     from shapeqc.evaluation.baselines import (
         DescriptorMahalanobis,
         LinearShapeModel,
@@ -236,6 +230,24 @@ def score_run(bundle_dir: Path, data: str, cases: int | None = 30, train_limit: 
         volume_ml,
     )
 
+    volumes = [volume_ml(m, float(abs(np.linalg.det(a[:3, :3]))) / 1000.0) for _, m, a, _ in train]
+    grids = np.stack([canonical(bundle, m, a, o) for _, m, a, o in train])
+    return {"A": VolumeZScore().fit(volumes),
+            "B": DescriptorMahalanobis().fit(np.stack([shape_descriptors(m) for _, m, _, _ in train])),
+            "C": LinearShapeModel().fit(grids), "D": NearestNeighbourDice().fit(grids),
+            "E": ScreeningRules().fit(volumes)}
+
+
+def score_run(bundle_dir: Path, data: str, cases: int | None = 30, train_limit: int | None = 400,
+              families: str = "all", spacing: tuple[float, float, float] | None = None,
+              swap_organ_from: Path | None = None) -> dict:
+    """Builds the cases and scores every one of them with every method of :data:`SCORED` (the slow part).
+
+    ``families``: "all" (every registry family and both swaps) or comma-separated names; ``spacing``: re-slice
+    every mask as a CT acquisition at this voxel size (mm) first; ``swap_organ_from``: the bundle whose val
+    masks are the other organ (default :func:`organ_swap_source`)."""
+    from shapeqc.bundles import bundle_datalist, load_bundle
+
     bundle_dir = Path(bundle_dir)
     spacing = tuple(spacing) if spacing else None
     started = time.perf_counter()
@@ -244,13 +256,7 @@ def score_run(bundle_dir: Path, data: str, cases: int | None = 30, train_limit: 
     bundle = load_bundle(bundle_dir)
     trained_families = list(bundle.metadata.get("training_corruptions", qc.TRAINED_FAMILIES))
     train = load_masks(bundle_datalist(bundle_dir, data, "train#datalist"), train_limit, spacing)
-    voxel_ml = [float(abs(np.linalg.det(a[:3, :3]))) / 1000.0 for _, _, a, _ in train]
-    volumes = [volume_ml(m, v) for (_, m, _, _), v in zip(train, voxel_ml, strict=True)]
-    grids = np.stack([canonical(bundle, m, a, o) for _, m, a, o in train])
-    baselines = {"A": VolumeZScore().fit(volumes),
-                 "B": DescriptorMahalanobis().fit(np.stack([shape_descriptors(m) for _, m, _, _ in train])),
-                 "C": LinearShapeModel().fit(grids), "D": NearestNeighbourDice().fit(grids),
-                 "E": ScreeningRules().fit(volumes)}
+    baselines = fit_baselines(bundle, train)
     val_items = bundle_datalist(bundle_dir, data, "validate#datalist")
     clean = load_masks(val_items, cases, spacing)
     # swaps are put in place on the masks as given (1 mm), then acquired like the clean mask
