@@ -11,7 +11,7 @@ APP_PY := $(APP_VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 comma := ,
 
-.PHONY: setup setup-app demo test test-package test-app lint kernels-check clean
+.PHONY: setup setup-app demo test test-package test-app lint kernels-check clean train-campaign
 
 # $(1): the environment's folder, $(2): the project's extras in it
 define install_env
@@ -44,6 +44,12 @@ test-package: setup
 # the Deploy app's tests, in its own environment; Holoscan wants a 32 MB stack
 test-app: setup-app
 	ulimit -s 32768 2>/dev/null; $(APP_PY) -m pytest -q tests/test_app.py
+
+# one session of a prior's training campaign (docs/training.md): resumes docs/training/$(BUNDLE)/checkpoint.pt
+BUNDLE ?= kidney
+MINUTES ?= 60
+train-campaign: setup
+	OMP_NUM_THREADS=1 $(PY) -m shapeqc.training_campaign --bundle bundles/$(BUNDLE) --minutes $(MINUTES)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -72,6 +72,8 @@ def score_organ(bundle: Bundle, mask: np.ndarray, affine: np.ndarray, organ: str
 SUBSTANTIAL_PART = 0.05
 # the reason code of an organ judged without a usable threshold profile: no threshold, no verdict
 UNCALIBRATED = "uncalibrated"
+# how the reason of an organ that cannot be the bundle's organ begins (volume or parts): kept when re-judged
+IMPLAUSIBLE = "implausible"
 
 
 def substantial_parts(mask: np.ndarray) -> int:
@@ -94,13 +96,33 @@ def implausible(mask: np.ndarray, affine: np.ndarray, bounds: dict | None) -> st
         return None
     volume = float(mask.sum()) * float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
     if volume < bounds["min_volume_mm3"]:
-        return (f"implausible: {volume:.0f} mm^3, below the bundle's smallest plausible organ "
+        return (f"{IMPLAUSIBLE}: {volume:.0f} mm^3, below the bundle's smallest plausible organ "
                 f"({bounds['min_volume_mm3']:.0f} mm^3)")
     components = substantial_parts(mask)
     if components > bounds["max_components"]:
-        return (f"implausible: {components} separate parts of 5% or more, more than any training organ has "
+        return (f"{IMPLAUSIBLE}: {components} separate parts of 5% or more, more than any training organ has "
                 f"({bounds['max_components']})")
     return None
+
+
+def verdict(scores: dict, profile: dict | None, in_pieces: str | None) -> tuple[str, bool | None, str | None]:
+    """(status, outlier, reason) of an organ the prior reconstructed: its ``scores`` judged under ``profile``
+    (:func:`shapeqc.thresholds.decide`), and flagged whatever the scores when ``in_pieces`` (an :func:`implausible`
+    reason) says the mask cannot be the organ. The one place a record's verdict is composed: analysis and a
+    cohort's re-judging (:mod:`shapeqc.cohort_calibration`) both call it."""
+    outlier, past = decide(scores, profile)
+    reason = (f"{UNCALIBRATED}: the bundle has no usable threshold profile (configs/thresholds.json missing, or "
+              "left by an interrupted calibration); calibrate it (shapeqc calibrate)" if outlier is None
+              else ", ".join(f"{m} past threshold" for m in past) or None)
+    if in_pieces:
+        outlier, reason = True, "; ".join(r for r in (in_pieces, reason) if r and not r.startswith(UNCALIBRATED))
+    return ("not_judged" if outlier is None else "outlier" if outlier else "ok"), outlier, reason
+
+
+def implausible_reason(record: dict) -> str | None:
+    """The :func:`implausible` part of a judged record's reason (None when it has none)."""
+    parts = [part for part in (record.get("reason") or "").split("; ") if part.startswith(IMPLAUSIBLE)]
+    return "; ".join(parts) or None
 
 
 def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, out_dir: str | os.PathLike | None,
@@ -139,7 +161,6 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
         defects = defect_components(difference_in_box, affine, min_defect_ml, offset=tuple(s.start for s in box))
         timings["metrics"] = time.perf_counter() - start
         profile = select_profile(bundle.thresholds, spacing, obliquity_deg(affine) > OBLIQUE_DEG)
-        outlier, past = decide(scores, profile)
         if coarse := coarse_input_warning(bundle.thresholds, spacing):
             record["warnings"].append(coarse)
         estimator = (profile or {}).get("quality_estimator")
@@ -149,14 +170,10 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
         else:
             record["warnings"].append("no quality estimate: the bundle's calibration profile has no quality "
                                       "estimator (calibrated before it existed); recalibrate the bundle")
-        reason = (f"{UNCALIBRATED}: the bundle has no usable threshold profile (configs/thresholds.json missing, or "
-                  "left by an interrupted calibration); calibrate it (shapeqc calibrate)" if outlier is None
-                  else ", ".join(f"{m} past threshold" for m in past) or None)
-        if in_pieces:
-            outlier, reason = True, "; ".join(r for r in (in_pieces, reason) if r and not r.startswith(UNCALIBRATED))
+        status, outlier, reason = verdict(scores, profile, in_pieces)
         judged_against = {k: v for k, v in profile.items() if k != "quality_estimator"} if profile else None
         record.update(scores=scores, outlier=outlier, thresholds=judged_against, defects=[d.to_dict() for d in defects],
-                      status="not_judged" if outlier is None else "outlier" if outlier else "ok", reason=reason)
+                      status=status, reason=reason)
         if out_dir is not None:
             start = time.perf_counter()
             out_dir = Path(out_dir)

@@ -135,6 +135,23 @@ def bundle_parser(bundle_dir: str | os.PathLike, config_names=INFERENCE_CONFIGS,
     return parser
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """Config overrides from ``KEY=VALUE`` pairs (``network_def#hidden=64``), VALUE read as a Python literal where it
+    is one (numbers, True/False, lists) and kept as a string otherwise."""
+    import ast
+
+    overrides = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"a config override is KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return overrides
+
+
 def bundle_datalist(bundle_dir: str | os.PathLike, dataset_dir: str, name: str = "validate#datalist") -> list[dict]:
     """The bundle's own datalist ``name`` (``train#datalist``, ``validate#datalist``, ``plausible#datalist``) from
     its training config with ``dataset_dir`` and no case limits: benchmarks and quality figures use exactly the

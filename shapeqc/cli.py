@@ -131,6 +131,11 @@ def _analyse(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    if args.cohort:
+        return _calibrate_cohort(args)
+    if not args.bundle or not args.data:
+        raise SystemExit("shapeqc calibrate: give --bundle and --data (a bundle on clean masks), or --cohort OUT "
+                         "(a finished run on its own scores)")
     from shapeqc.calibration import calibrate
     from shapeqc.training_data import adrenalmnist3d_split, datalist_split
 
@@ -142,6 +147,25 @@ def _calibrate(args: argparse.Namespace) -> int:
     report = calibrate(args.bundle, items, target_fpr=args.fpr, spacing_mm=spacing, refine_steps=args.refine_steps,
                        data_description=f"{args.data} ({len(items)} clean cases)", write=not args.dry_run)
     print(json.dumps({"thresholds": report["thresholds"]["metrics"], "families": report["families"]}, indent=1))
+    return 0
+
+
+def _calibrate_cohort(args: argparse.Namespace) -> int:
+    from shapeqc.batch import OutputLockedError
+    from shapeqc.cohort_calibration import COHORT_FILE, DEFAULT_MIN_ORGANS, calibrate_cohort
+
+    min_organs = DEFAULT_MIN_ORGANS if args.min_organs is None else args.min_organs
+    try:
+        summary = calibrate_cohort(args.cohort, args.name, target_rate=args.fpr, min_organs=min_organs)
+    except (FileNotFoundError, ValueError, OutputLockedError) as error:
+        raise SystemExit(f"shapeqc calibrate --cohort: {error}") from None
+    for organ, entry in summary["organs"].items():
+        verdict = entry.get("refused") or (f"Dice < {entry['profile']['metrics']['dice']['threshold']:.4f} flags; "
+                                           f"{entry['profile']['cohort']['set_aside']} gross failures set aside")
+        print(f"{organ}: {entry['judged']} judged, flagged {entry['flagged_shipped']} by the shipped profile, "
+              f"{entry['flagged_cohort']} by {summary['name']}: {verdict}", file=sys.stderr)
+    print(json.dumps({"profile": summary["name"], "summary": str(Path(args.cohort) / COHORT_FILE),
+                      "report": str(Path(args.cohort) / "report.html")}))
     return 0
 
 
@@ -287,11 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="test-time refinement: encoder fine-tuning steps per organ (0: off)")
     analyse.set_defaults(run=_analyse)
 
-    calibrate = commands.add_parser("calibrate", help="set a bundle's outlier thresholds on clean data")
-    calibrate.add_argument("--bundle", required=True)
-    calibrate.add_argument("--data", required=True, help="datalist JSON, or the folder holding adrenalmnist3d/")
+    calibrate = commands.add_parser("calibrate", help="set a bundle's outlier thresholds on clean data, or a "
+                                    "cohort's own on a finished run (--cohort)")
+    calibrate.add_argument("--bundle", help="the bundle to calibrate on clean masks (with --data)")
+    calibrate.add_argument("--data", help="datalist JSON, or the folder holding adrenalmnist3d/")
+    calibrate.add_argument("--cohort", metavar="OUT", default=None,
+                           help="a finished shapeqc analyse output folder: fit a Dice threshold per organ on the "
+                                "run's own scores, store it as a named profile and re-judge the run")
+    calibrate.add_argument("--name", default="cohort", help="the cohort profile's name (with --cohort)")
+    calibrate.add_argument("--min-organs", type=int, default=None,
+                           help="fewest judged organs to fit an organ's cohort profile on (with --cohort; default 50)")
     calibrate.add_argument("--split", default="validation", help="datalist split of clean cases")
-    calibrate.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on clean cases")
+    calibrate.add_argument("--fpr", type=float, default=0.05,
+                           help="target false-positive rate on clean cases (--cohort: share of the cohort flagged)")
     calibrate.add_argument("--limit", type=int, default=None)
     calibrate.add_argument("--refine-steps", type=int, default=0, help="test-time refinement steps per case")
     calibrate.add_argument("--dry-run", action="store_true", help="report only; write no thresholds")

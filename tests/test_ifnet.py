@@ -144,3 +144,23 @@ def test_mirrored_weights_see_the_mirrored_world_exactly(preset, axes):
         assert not torch.allclose(old(grid, points), expected, atol=1e-3)  # the flip matters: a real test
     twice = mirrored_state(mirrored_state(old.state_dict(), axes), axes)
     assert all(torch.equal(twice[name], value) for name, value in old.state_dict().items())
+
+
+def test_without_input_resolution_features_the_decoder_reads_pooled_scales_only():
+    """The shape-prior variant: no map at the input's resolution reaches the decoder, so a one-voxel change of
+    the input far from the point's pooled cells cannot be copied; its weights have the smaller first layer."""
+    torch.manual_seed(2)
+    net = IFNet(grid_size=32, channels=(4, 8, 8), hidden=16, input_resolution_features=False).eval()
+    grid, points = _inputs(32)
+    features = net.encode(grid)
+    assert [f.shape[-1] for f in features] == [16, 8]
+    assert net.fc_0.in_channels == (8 + 8) * 7
+    with torch.no_grad():
+        prepared = net.prepare_decoding(features, min_channels=1)
+        torch.testing.assert_close(net.decode_prepared(prepared, points), net.decode(features, points),
+                                   rtol=0, atol=2e-5)
+    torch.nn.functional.binary_cross_entropy_with_logits(net(grid, points), torch.rand(2, 300)).backward()
+    for name, parameter in net.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="pooled scale"):
+        IFNet(grid_size=32, channels=(4,), hidden=16, input_resolution_features=False)

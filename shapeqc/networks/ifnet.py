@@ -84,15 +84,22 @@ class IFNet(nn.Module):
             number of scales is ``len(channels)``.
         hidden: decoder width (the first decoder layer has ``2 * hidden`` channels, as in IF-Net).
         displacement_voxels: neighbour offset in voxels of the input grid.
+        input_resolution_features: whether the decoder reads the two maps at the input's resolution (the grid
+            itself and the first conv). True is IF-Net as published (completion: keep what the input shows);
+            False decodes from the pooled scales only (half resolution and coarser), so that the easiest answer
+            is no longer to copy the input's voxels: the shape-prior variant of issue 32 (docs/training.md).
     """
 
     def __init__(self, grid_size: int = 128, channels: Sequence[int] = (16, 32, 64, 128, 128), hidden: int = 256,
-                 displacement_voxels: float = 1.0) -> None:
+                 displacement_voxels: float = 1.0, input_resolution_features: bool = True) -> None:
         super().__init__()
         if not 8 <= grid_size <= 512:
             raise ValueError("grid_size must lie in [8, 512]")
         if len(channels) < 1:
             raise ValueError("channels needs at least one entry")
+        if not input_resolution_features and len(channels) < 2:
+            raise ValueError("without input-resolution features the encoder needs at least one pooled scale")
+        self.input_resolution_features = bool(input_resolution_features)
         self.grid_size = int(grid_size)
         self.channels = tuple(int(c) for c in channels)
         self.hidden = int(hidden)
@@ -115,14 +122,16 @@ class IFNet(nn.Module):
                 offset[axis] = sign * step
                 offsets.append(offset)
         self.register_buffer("displacements", torch.tensor(offsets), persistent=False)  # (7, 3), array order
-        feature_size = (1 + sum(self.channels)) * len(offsets)
+        decoded_channels = self.channels[1:] if not self.input_resolution_features else (1, *self.channels)
+        feature_size = sum(decoded_channels) * len(offsets)
         self.fc_0 = nn.Conv1d(feature_size, 2 * self.hidden, 1)
         self.fc_1 = nn.Conv1d(2 * self.hidden, self.hidden, 1)
         self.fc_2 = nn.Conv1d(self.hidden, self.hidden, 1)
         self.fc_out = nn.Conv1d(self.hidden, 1, 1)
 
     def encode(self, grid: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps of a (B, 1, R, R, R) grid: [the grid, the first conv, each scale]."""
+        """The feature maps the decoder reads, for a (B, 1, R, R, R) grid: [the grid, the first conv, each
+        scale], or each pooled scale only without ``input_resolution_features``."""
         features = [grid]
         net = self.bn_in(F.relu(self.conv_in(grid)))
         features.append(net)
@@ -131,7 +140,7 @@ class IFNet(nn.Module):
             net = F.relu(scale["conv_a"](net))
             net = scale["bn"](F.relu(scale["conv_b"](net)))
             features.append(net)
-        return features
+        return features if self.input_resolution_features else features[2:]
 
     @torch.jit.unused
     @torch.no_grad()

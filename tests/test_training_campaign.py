@@ -1,0 +1,57 @@
+"""A training campaign across sessions: the bundle's own training workflow run twice through the installed
+command, the second session resuming the first one's trainer checkpoint (smoke-sized: 4 MSD spleens)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "spleen"
+
+
+def session(campaigns: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shapeqc.training_campaign", "--bundle", str(BUNDLE),
+                           "--minutes", "0.25", "--campaigns", str(campaigns), "--dataset-dir", str(SHARED_DATA),
+                           *extra], capture_output=True, text=True, timeout=600)
+
+
+def test_a_second_session_resumes_where_the_first_stopped(tmp_path):
+    recipe = ["--set", "train_limit=4", "val_limit=2", "num_points=500", "val_interval=2"]
+    first = session(tmp_path, *recipe)
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = tmp_path / BUNDLE.name
+    campaign = json.loads((folder / "campaign.json").read_text())
+    assert campaign["recipe"] == {"train_limit": 4, "val_limit": 2, "num_points": 500, "val_interval": 2}
+    one = campaign["sessions"][0]
+    assert one["iterations"][0] == 0 and one["iterations"][1] > 0 and one["validation"]
+    saved = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert set(saved) >= {"model", "optimizer", "trainer"} and (folder / "best_model.pt").exists()
+
+    second = session(tmp_path)  # the stored recipe
+    assert second.returncode == 0, second.stderr[-3000:]
+    campaign = json.loads((folder / "campaign.json").read_text())
+    two = campaign["sessions"][1]
+    assert two["iterations"][0] == one["iterations"][1] and two["epochs"][0] == one["epochs"][1]
+    assert two["iterations"][1] > two["iterations"][0]
+    assert campaign["iterations"] == two["iterations"][1]
+    # the resumed trainer went on counting: no epoch of the second session repeats one of the first
+    assert min(e for e, _ in two["validation"]) > max(e for e, _ in one["validation"])
+    log = (folder / "train.log").read_text()
+    assert log.count("===== session") == 2
+
+    other = session(tmp_path, "--set", "num_points=1000")
+    assert other.returncode != 0 and "recipe" in other.stderr
+
+
+def test_a_bundle_whose_training_cannot_stop_on_time_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "shapeqc.training_campaign", "--bundle",
+                             str(ROOT / "bundles" / "adrenal_gland"), "--minutes", "1", "--campaigns", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "time_limit_s" in result.stderr
