@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shapeqc.quality import coverage_text
 from shapeqc.reports import quality_text
 from shapeqc.transforms.volume_io import LPS_TO_RAS
 
@@ -77,8 +78,7 @@ def summary_pdf(records: list[dict]) -> bytes:
         if scores:
             lines.append("    " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if v is not None))
         if quality_text(record):
-            coverage = record["quality"]["coverage"]
-            lines.append(f"    predicted Dice {quality_text(record)} ({coverage:.0%} interval)")
+            lines.append(f"    predicted Dice {quality_text(record)} (interval {coverage_text(record['quality'])})")
         for defect in record.get("defects", [])[:3]:
             lines.append(f"    defect: {defect['kind']} {defect['volume_ml'] * 1000:.0f} mm^3 at "
                          f"{', '.join(f'{c:.1f}' for c in defect['centroid_mm'])} mm")

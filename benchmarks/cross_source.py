@@ -48,6 +48,8 @@ EVALSEG_LABELS = {"spleen": 1, "kidney_left": 3, "liver": 6}
 COLLAPSED_MODELS = ("GDice", "pGDice")
 FAILURE_LINE = 0.90
 GOOD_LINE = 0.95
+PREDICTION = "evalseg prediction"  # the source of rows of trained models' predictions
+CLEAN_LABELS = {"evalseg gt": "evalseg gt (expert, 0.7-1 mm)"}  # table labels of clean sources
 
 
 def evalseg_rows(dataset_dir: Path, organs: list[str]) -> list[dict]:
@@ -96,7 +98,29 @@ def summary_row(record: dict) -> dict:
     quality = record.get("quality") or {}
     return {"status": record["status"], "reason": record.get("reason"), "shapeqc_dice": scores.get("dice"),
             "predicted_dice": quality.get("predicted_dice"), "interval": quality.get("interval"),
-            "profile": (record.get("thresholds") or {}).get("data"), "seconds": record.get("seconds")}
+            "profile": (record.get("thresholds") or {}).get("data"),
+            # which of the bundle's profiles judged it: --rescore re-sizes the interval with that profile's estimator
+            "profile_spacing": (record.get("thresholds") or {}).get("spacing_mm"), "seconds": record.get("seconds")}
+
+
+def resize_intervals(rows: list[dict], bundle_dir: Path) -> dict[str, float]:
+    """Give every row with a predicted Dice the interval of the bundle's current estimator of its profile
+    (``predicted ± half width``, clipped to [0, 1]): after :func:`shapeqc.calibration.refit_quality` re-sized the
+    intervals of an unchanged fit, the stored point estimates stand and only the intervals move. Returns each
+    profile's half width used (by spacing)."""
+    thresholds = json.loads((bundle_dir / "configs" / "thresholds.json").read_text())
+    estimators = {str(p["spacing_mm"]): p.get("quality_estimator") for p in thresholds["profiles"]}
+    used = {}
+    for row in rows:
+        estimator = estimators.get(str(row.get("profile_spacing")))
+        if row["predicted_dice"] is None or not estimator:
+            continue
+        half = estimator["half_width"]
+        used[str(row["profile_spacing"])] = half
+        row["interval"] = [round(max(0.0, row["predicted_dice"] - half), 4),
+                           round(min(1.0, row["predicted_dice"] + half), 4)]
+        row["rank_by"] = estimator.get("rank_by", "predicted_dice")
+    return used
 
 
 def flagged(row: dict) -> bool:
@@ -119,6 +143,7 @@ def prediction_summary(rows: list[dict], weight: float | None, target_rate: floa
     """AUROC, detection, good-flag rate, estimate vs raw Dice, and the cohort profile's rates (see module doc)."""
     from scipy.stats import pearsonr, spearmanr
 
+    from shapeqc.analysis import implausible_reason
     from shapeqc.cohort_calibration import fit_cohort_threshold
     from shapeqc.evaluation.statistics import auroc
 
@@ -141,6 +166,9 @@ def prediction_summary(rows: list[dict], weight: float | None, target_rate: floa
                          "mae": float(np.mean(np.abs(value - truth)))}
         inside = [r["interval"][0] <= r["true_dice"] <= r["interval"][1] for r in estimated if r["interval"]]
         out["interval_coverage"] = float(np.mean(inside)) if inside else None
+        ranked = {r.get("rank_by") for r in estimated} - {None}
+        if len(ranked) == 1:
+            out["rank_by"] = ranked.pop()
     scored = [r for r in rows if r["shapeqc_dice"] is not None]
     if len(scored) >= 10:
         # weight the sampled good stratum back to its full size before fitting (module doc)
@@ -148,13 +176,27 @@ def prediction_summary(rows: list[dict], weight: float | None, target_rate: floa
         fit = fit_cohort_threshold(np.repeat([r["shapeqc_dice"] for r in scored], repeat), target_rate)
 
         def cohort_flag(row):
+            # the rule shapeqc.cohort_calibration re-judges a run by: below the cohort's threshold, or implausible
             return row["shapeqc_dice"] is None or row["shapeqc_dice"] < fit["threshold"] \
-                or (row["status"] == "outlier" and (row["reason"] or "").startswith("implausible"))
+                or implausible_reason(row) is not None
 
         out["cohort"] = {"threshold": fit["threshold"], "set_aside": fit["set_aside"],
                          "failures_flagged": float(np.mean([cohort_flag(r) for r in failures])) if failures else None,
                          "good_flagged": float(np.mean([cohort_flag(r) for r in good])) if good else None}
     return out
+
+
+def summarise(results: dict, weights: dict) -> dict:
+    """``results["clean"]`` (per clean source) and ``results["predictions"]`` (per organ) from ``results["rows"]``;
+    ``weights``: per organ, how many good predictions each sampled one stands for (:func:`sampled`)."""
+    rows = results["rows"]
+    results["clean"] = {CLEAN_LABELS.get(source, source): clean_summary([r for r in rows if r["source"] == source])
+                        for source in dict.fromkeys(r["source"] for r in rows if r["source"] != PREDICTION)}
+    predictions = [r for r in rows if r["source"] == PREDICTION]
+    results["predictions"] = {organ: prediction_summary([r for r in predictions if r["organ"] == organ],
+                                                        weights.get(organ))
+                              for organ in dict.fromkeys(r["organ"] for r in predictions)}
+    return results
 
 
 def run(bundle_dir: Path, dataset_dir: Path, good_sample: int | None, out_dir: Path | None,
@@ -176,7 +218,7 @@ def run(bundle_dir: Path, dataset_dir: Path, good_sample: int | None, out_dir: P
             mask = np.asarray(image.dataobj) == item["label"]
             row = {"source": "evalseg gt", "case": item["subject"], "organ": item["organ"], "true_dice": 1.0,
                    **summary_row(analyse_mask(bundle, mask, image.affine, item["organ"], item["subject"], scratch))}
-            clean_rows.setdefault("evalseg gt (expert, 0.7-1 mm)", []).append(row)
+            clean_rows.setdefault("evalseg gt", []).append(row)
         totalseg = dataset_dir / TOTALSEG
         for organ in organs:
             # TotalSegmentator's own --fast output of its example CT (3 mm)
@@ -189,14 +231,12 @@ def run(bundle_dir: Path, dataset_dir: Path, good_sample: int | None, out_dir: P
                        "organ": organ, "true_dice": 1.0,
                        **summary_row(analyse_mask(bundle, mask, image.affine, organ, path.stem, scratch))}
                 clean_rows.setdefault("TotalSegmentator example", []).append(row)
-        for source, rows in clean_rows.items():
-            results["clean"][source] = clean_summary(rows)
+        for rows in clean_rows.values():
             results["rows"] += rows
         # real predictions
         predictions, weights = sampled(index, good_sample)
         predictions = predictions[:limit] if limit else predictions
         label_maps: dict = {}
-        prediction_rows: dict[str, list[dict]] = {}
         for number, item in enumerate(predictions, 1):
             path = dataset_dir / EVALSEG / "pred" / item["source"] / f"{item['subject']}.nii.gz"
             if path not in label_maps:
@@ -204,16 +244,14 @@ def run(bundle_dir: Path, dataset_dir: Path, good_sample: int | None, out_dir: P
             image = label_maps[path]
             mask = np.asarray(image.dataobj) == item["label"]
             case = f"{item['source']}/{item['subject']}"
-            row = {"source": "evalseg prediction", "case": case, "organ": item["organ"],
+            row = {"source": PREDICTION, "case": case, "organ": item["organ"],
                    "true_dice": item["true_dice"],
                    **summary_row(analyse_mask(bundle, mask, image.affine, item["organ"], case, scratch))}
-            prediction_rows.setdefault(item["organ"], []).append(row)
             results["rows"].append(row)
             if number % 20 == 0:
                 print(f"  {number}/{len(predictions)} predictions, {time.perf_counter() - started:.0f} s",
                       file=sys.stderr, flush=True)
-        for organ, rows in prediction_rows.items():
-            results["predictions"][organ] = prediction_summary(rows, weights.get(organ))
+    summarise(results, weights)
     results["good_sample"] = good_sample
     results["seconds"] = time.perf_counter() - started
     if out_dir is not None:
@@ -253,23 +291,63 @@ def markdown(results: dict) -> str:
                      f"| {percent(row['failures_flagged'])} | {percent(row['good_flagged'])} "
                      f"| {percent(cohort.get('failures_flagged'))} / {percent(cohort.get('good_flagged'))} "
                      f"| {trio(estimate)} | {trio(raw)} | {percent(row.get('interval_coverage'))} |")
+    for organ, row in results["predictions"].items():
+        if row.get("estimate") and row.get("rank_by"):
+            estimate, raw = row["estimate"], row["raw_dice"]
+            sorted_by = "the predicted" if row["rank_by"] == "predicted_dice" else "the raw"
+            ranks = "estimate" if estimate["spearman"] > raw["spearman"] else "raw Dice"
+            closer = "estimate" if estimate["mae"] < raw["mae"] else "raw Dice"
+            lines.append(f"\n{organ}: the worklist sorts by {sorted_by} Dice (the bundle's rank_by, decided on unseen "
+                         f"kinds of error); on these real failures the {ranks} ranks better (Spearman "
+                         f"{estimate['spearman']:.2f} vs {raw['spearman']:.2f}) and the {closer} is the closer value "
+                         f"(MAE {estimate['mae']:.3f} vs {raw['mae']:.3f}).")
+    if results.get("interval_half_widths"):
+        lines.append("\nIntervals: the bundle's current estimator per profile (half width "
+                     + ", ".join(f"{'as given' if k == 'None' else k} mm: {v:.3f}"
+                                 for k, v in results["interval_half_widths"].items()) + ").")
     return "\n".join(lines) + "\n"
 
 
-def rescore(out_dir: Path, dataset_dir: Path) -> dict:
+def record_coverage(results: dict, bundle_dir: Path) -> dict[str, dict]:
+    """Store, in the bundle's ``configs/thresholds.json``, the interval coverage its real-failure rows measured
+    per profile (``quality_estimator.real_failures``: what :func:`shapeqc.quality.predict_quality` then shows where
+    it is lower than the coverage on unseen kinds of error). Only for rows whose intervals are the current
+    estimator's (a full run, or ``--rescore --resize-intervals``). Returns what was written, by profile."""
+    path = bundle_dir / "configs" / "thresholds.json"
+    thresholds = json.loads(path.read_text())
+    written = {}
+    for profile in thresholds["profiles"]:
+        estimator = profile.get("quality_estimator")
+        rows = [r for r in results["rows"] if r["source"] == PREDICTION and r["predicted_dice"] is not None
+                and str(r.get("profile_spacing")) == str(profile["spacing_mm"])]
+        if not estimator or not rows:
+            continue
+        half = estimator["half_width"]
+        if any(abs((r["interval"][1] - r["interval"][0]) - (min(1.0, r["predicted_dice"] + half)
+                                                           - max(0.0, r["predicted_dice"] - half))) > 2e-4
+               for r in rows):
+            raise SystemExit(f"the stored intervals are not those of {path}'s estimator: run with "
+                             "--rescore --resize-intervals first")
+        inside = [r["interval"][0] <= r["true_dice"] <= r["interval"][1] for r in rows]
+        estimator["real_failures"] = {
+            "source": f"{EVALSEG}: expert labels and {len({r['case'].split('/')[0] for r in rows})} trained models' "
+                      "predictions (benchmarks/cross_source.py)",
+            "organs": len(rows), "coverage": round(float(np.mean(inside)), 4), "half_width": half}
+        written[str(profile["spacing_mm"])] = estimator["real_failures"]
+    path.write_text(json.dumps(thresholds, indent=1) + "\n")
+    return written
+
+
+def rescore(out_dir: Path, dataset_dir: Path, bundle_dir: Path | None = None) -> dict:
     """The summaries of a stored run (``out_dir/cross_source.json``) recomputed from its rows, without analysing
-    anything again (after a change of a summary or of the cohort rule)."""
+    anything again (after a change of a summary or of the cohort rule); with ``bundle_dir``, the intervals first
+    re-sized with its current estimators (:func:`resize_intervals`)."""
     results = json.loads((out_dir / "cross_source.json").read_text())
-    rows = results["rows"]
-    _, weights = sampled(evalseg_rows(dataset_dir, sorted({r["organ"] for r in rows})), results["good_sample"])
-    results["clean"] = {}
-    for source in dict.fromkeys(r["source"] for r in rows if r["source"] != "evalseg prediction"):
-        label = "evalseg gt (expert, 0.7-1 mm)" if source == "evalseg gt" else source
-        results["clean"][label] = clean_summary([r for r in rows if r["source"] == source])
-    predictions = [r for r in rows if r["source"] == "evalseg prediction"]
-    results["predictions"] = {organ: prediction_summary([r for r in predictions if r["organ"] == organ],
-                                                        weights.get(organ))
-                              for organ in dict.fromkeys(r["organ"] for r in predictions)}
+    if bundle_dir is not None:
+        results["interval_half_widths"] = resize_intervals(results["rows"], bundle_dir)
+    organs = sorted({r["organ"] for r in results["rows"]})
+    _, weights = sampled(evalseg_rows(dataset_dir, organs), results["good_sample"])
+    summarise(results, weights)
     (out_dir / "cross_source.json").write_text(json.dumps(results, indent=1))
     (out_dir / "cross_source.md").write_text(markdown(results))
     return results
@@ -286,15 +364,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for cross_source.json and .md")
     parser.add_argument("--rescore", action="store_true",
                         help="recompute the summaries of --out's stored rows; analyse nothing")
+    parser.add_argument("--resize-intervals", action="store_true",
+                        help="with --rescore: the intervals from --bundle's current estimators (after a refit of "
+                             "its intervals; the point estimates are unchanged)")
+    parser.add_argument("--record-coverage", action="store_true",
+                        help="store the interval coverage on the real failures in --bundle's thresholds.json "
+                             "(quality_estimator.real_failures)")
     args = parser.parse_args(argv)
     if args.rescore:
-        print(markdown(rescore(args.out, args.dataset_dir)))
+        results = rescore(args.out, args.dataset_dir, args.bundle if args.resize_intervals else None)
+        print(markdown(results))
+        if args.record_coverage:
+            print(json.dumps(record_coverage(results, args.bundle)))
         return 0
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     results = run(args.bundle, args.dataset_dir, args.good_sample, args.out, args.limit)
     print(markdown(results))
+    if args.record_coverage:
+        print(json.dumps(record_coverage(results, args.bundle)))
     return 0
 
 

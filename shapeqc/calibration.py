@@ -28,7 +28,7 @@ from shapeqc.bundles import Bundle, load_bundle
 from shapeqc.evaluation import corruptions
 from shapeqc.evaluation.statistics import auroc, roc_points
 from shapeqc.metrics import occupied_box
-from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, out_of_fold_predictions, quality_features
+from shapeqc.quality import fit_dice_estimator, held_out_predictions, quality_features
 from shapeqc.reports import write_atomic
 from shapeqc.thresholds import METRICS, badness, is_worse, metric_rule
 from shapeqc.transforms.corruption import stable_seed
@@ -195,31 +195,57 @@ def store_calibration(bundle_dir: str | Path, reports: list[dict], plausibility:
 
 
 def fit_quality(quality_rows: list[tuple], clean_scores: list[dict], family_scores: dict) -> tuple[dict | None, dict]:
-    """The quality estimator fitted on the calibration's organs (:mod:`shapeqc.quality`) and its report: out-of-fold
-    Pearson r, MAE and interval coverage of the estimate and of the raw Dice(segmentation, reconstruction), and
-    per calibration family the AUROC of the out-of-fold estimate as the outlier score beside the raw Dice's.
-    (None, reason) with fewer than 2 cases."""
+    """The quality estimator fitted on the calibration's organs (:mod:`shapeqc.quality`: its interval sized and its
+    coverage measured on kinds of error it was not fitted on) and its report: on those held-out organs, Pearson r,
+    Spearman, MAE and interval coverage of the estimate and of the raw Dice(segmentation, reconstruction), and per
+    calibration family the AUROC of the held-out estimate as the outlier score beside the raw Dice's.
+    (None, reason) with fewer than 2 cases. ``quality_rows``: (family, case, features, true Dice, raw Dice)."""
     groups = [group for _, group, _, _, _ in quality_rows]
     if len(set(groups)) < 2:
         return None, {"skipped": f"{len(set(groups))} case(s): the estimator needs at least 2"}
     features = [x for _, _, x, _, _ in quality_rows]
     truth = [t for _, _, _, t, _ in quality_rows]
-    estimator = fit_dice_estimator(features, truth, groups)
-    predicted = out_of_fold_predictions(features, truth, groups, estimator["folds"], estimator["seed"],
-                                        estimator["ridge"], tuple(estimator["features"]))
-    half = estimator["half_width"]
-    raw = [d if np.isfinite(d) else 0.0 for _, _, _, _, d in quality_rows]
     families = [family for family, _, _, _, _ in quality_rows]
+    estimator = fit_dice_estimator(features, truth, groups, families)
+    predicted = held_out_predictions(features, truth, groups, families, estimator["folds"], estimator["seed"],
+                                     estimator["ridge"], tuple(estimator["features"]))
     clean_predicted = predicted[[f == "clean" for f in families]]
-    report = {"estimate_out_of_fold": estimate_quality_metrics(predicted, truth, predicted - half, predicted + half),
-              "raw_dice": estimate_quality_metrics(raw, truth), "coverage": estimator["coverage"],
-              "half_width": half, "organs": len(truth), "families": sorted(set(families)),
+    report = {**estimator["held_out"], "target_coverage": estimator["target_coverage"],
+              "measured_coverage": estimator["measured_coverage"], "coverage_basis": estimator["coverage_basis"],
+              "coverage_by_kind": estimator["coverage_by_kind"], "rank_by": estimator["rank_by"],
+              "half_width": estimator["half_width"], "organs": len(truth), "families": sorted(set(families)),
               "outlier_auroc": {name: {"raw_dice": auroc(badness("dice", [s["dice"] for s in scores]),
                                                          badness("dice", [s["dice"] for s in clean_scores])),
                                        "predicted_dice": auroc(-predicted[[f == name for f in families]],
                                                                -clean_predicted)}
                                 for name, scores in family_scores.items()}}
     return estimator, report
+
+
+def refit_quality(bundle_dir: str | Path) -> list[dict]:
+    """Refit every stored profile's quality estimator from its calibration's stored organs
+    (``docs/calibration_<tag>.json``: features and true Dice of every clean and corrupted organ) without
+    reconstructing anything, and write them back (``configs/thresholds.json``, the reports' ``quality``). For an
+    estimator rule that changed while the prior did not (issue 35). A ``real_failures`` coverage measured for the
+    old interval is dropped (``benchmarks/cross_source.py --record-coverage`` measures it again). Returns the new
+    quality reports."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / "configs" / "thresholds.json"
+    stored = json.loads(path.read_text())
+    reports = []
+    for profile in stored.get("profiles", []):
+        report_path = bundle_dir / "docs" / f"calibration_{profile_tag(profile['spacing_mm'])}.json"
+        report = json.loads(report_path.read_text())
+        rows = [(r["family"], r["case"], r["features"], r["true_dice"], r["features"]["dice"])
+                for r in report["quality_rows"]]
+        estimator, quality_report = fit_quality(rows, report["clean_scores"], report["family_scores"])
+        profile["quality_estimator"] = estimator
+        report["quality"] = quality_report
+        report["thresholds"]["quality_estimator"] = estimator
+        write_atomic(report_path, json.dumps(report, indent=1) + "\n")
+        reports.append(quality_report)
+    write_atomic(path, json.dumps(stored, indent=1) + "\n")
+    return reports
 
 
 def calibrate_profiles(bundle_dir: str, items: list[dict], spacings: list, target_fpr: float = 0.05,

@@ -133,6 +133,15 @@ def _analyse(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     if args.cohort:
         return _calibrate_cohort(args)
+    if args.refit_quality:
+        if not args.bundle:
+            raise SystemExit("shapeqc calibrate --refit-quality: give --bundle")
+        from shapeqc.calibration import refit_quality
+
+        for quality in refit_quality(args.bundle):
+            print(json.dumps({key: quality[key] for key in ("measured_coverage", "coverage_basis", "rank_by",
+                                                            "half_width", "estimate", "raw_dice")}))
+        return 0
     if not args.bundle or not args.data:
         raise SystemExit("shapeqc calibrate: give --bundle and --data (a bundle on clean masks), or --cohort OUT "
                          "(a finished run on its own scores)")
@@ -327,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--limit", type=int, default=None)
     calibrate.add_argument("--refine-steps", type=int, default=0, help="test-time refinement steps per case")
     calibrate.add_argument("--dry-run", action="store_true", help="report only; write no thresholds")
+    calibrate.add_argument("--refit-quality", action="store_true",
+                           help="refit the bundle's quality estimators from its stored calibration organs "
+                                "(docs/calibration_*.json); thresholds and reconstructions untouched")
     calibrate.add_argument("--spacing", default=None,
                            help="re-slice clean cases to this spacing first, e.g. 0.8,0.8,2.5 (a CT profile)")
     calibrate.set_defaults(run=_calibrate)

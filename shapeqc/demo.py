@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from shapeqc.batch import run_batch
     from shapeqc.bundles import load_bundle
     from shapeqc.reports import quality_text
+    from shapeqc.review_page import estimate_notes
 
     bundle = load_bundle(args.bundle)
     inputs = demo_inputs(args.bundle / "docs" / "example_organ.nii.gz", args.out)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     records = run_batch([str(path) for path, _ in inputs.values()], [bundle], args.out, organ=ORGAN,
                         progress=False, resume=True)
     records = [r for r in records if r["case"] in inputs]
-    print(f"{'case':<14}{'status':<10}{'Dice':>7}{'ASD mm':>8}{'HD95 mm':>9}{'pred. Dice [90%]':>22}  "
+    print(f"{'case':<14}{'status':<10}{'Dice':>7}{'ASD mm':>8}{'HD95 mm':>9}{'pred. Dice [interval]':>22}  "
           "largest defect (mm from corruption)")
     for record in sorted(records, key=lambda r: r["case"]):
         scores = record["scores"] or {}
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{record['case']:<14}{record['status']:<10}{scores.get('dice', float('nan')):>7.3f}"
               f"{scores.get('asd_mm', float('nan')):>8.2f}{scores.get('hd95_mm', float('nan')):>9.2f}"
               f"{quality_text(record) or '-':>22}  {where}")
+    for note in estimate_notes(records):
+        print(note)
     print(f"report: {(args.out / 'report.html').resolve()}")
     return 0
 

@@ -30,8 +30,10 @@ class Record(TypedDict):
     scores: dict[str, float | None] | None  # {dice, asd_mm, hd95_mm, max_sd_mm}, distances in mm
     thresholds: dict | None  # the calibration profile judged against
     defects: list[dict]  # connected components of the difference map, largest first
-    # predicted Dice of the segmentation against a correct one: {predicted_dice, interval [low, high], coverage,
-    # features} (shapeqc.quality); None when not judged or the bundle has no estimator (then a warning says so)
+    # predicted Dice of the segmentation against a correct one: {predicted_dice, interval [low, high], coverage (the
+    # share of held-out truths such intervals held, measured; None: never measured), coverage_basis, rank_by (what the
+    # worklist sorts by), features} (shapeqc.quality); None when not judged or the bundle has no estimator (then a
+    # warning says so)
     quality: dict | None
     warnings: list[str]  # what the user should know that does not change the status (e.g. no quality estimate)
     outputs: dict[str, str | None]  # paths of the written files

@@ -49,7 +49,9 @@ def report_csv(records: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["file path", "organ", "metric", "score", "threshold", "case", "bundle", "status", "outlier",
-                     "reason", "predicted_dice", "predicted_dice_low", "predicted_dice_high"])
+                     "reason", "predicted_dice", "predicted_dice_low", "predicted_dice_high",
+                     # the share of held-out truths such an interval held (measured; blank: never measured)
+                     "interval_coverage", "interval_coverage_basis"])
     for record in records:
         thresholds = (record.get("thresholds") or {}).get("metrics", {})
         quality = record.get("quality") or {}
@@ -59,7 +61,7 @@ def report_csv(records: list[dict]) -> str:
             writer.writerow([csv_cell(v) for v in (
                 record["input"], record["organ"], metric, score, thresholds.get(metric, {}).get("threshold"),
                 record["case"], record["bundle"], record["status"], record["outlier"], record.get("reason"),
-                quality.get("predicted_dice"), low, high)])
+                quality.get("predicted_dice"), low, high, quality.get("coverage"), quality.get("coverage_basis"))])
     return out.getvalue()
 
 

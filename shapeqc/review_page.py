@@ -1,8 +1,10 @@
 """report.html: the review page, a worklist a reviewer works through in the browser, offline and with no server.
 
 Everything on the page comes from the run's records (report.json's content, embedded). It opens on one table of
-all judged organs, outliers first and then the lowest predicted Dice first (the raw Dice where a bundle has no
-quality estimator), with filters by organ, status and bundle and each score beside its threshold. A row opens the
+all judged organs, outliers first and then the lowest predicted Dice first where the bundle's estimate ranked
+held-out organs better than the raw Dice did, else the lowest raw Dice (:func:`shapeqc.quality.rank_value`); the
+predicted Dice's interval is labelled with the coverage its bundle measured on unseen kinds of error, never a
+nominal one (issue 35). Filters by organ, status and bundle and each score beside its threshold. A row opens the
 organ's detail: the large overview, the defects (kind, ml, position in scanner mm), links to the NIfTI and STL
 files, and an interactive viewer (NiiVue, vendored: :mod:`shapeqc.viewer`) of the image with segmentation,
 reconstruction and difference. The reviewer's verdict per organ (accept / reject / unsure and a note) is kept in
@@ -17,6 +19,7 @@ import json
 import os
 from pathlib import Path
 
+from shapeqc.quality import RANK_KEYS, coverage_text, rank_value
 from shapeqc.records import strict
 from shapeqc.thresholds import METRICS
 
@@ -25,16 +28,37 @@ REVIEW_COLUMNS = ("case", "organ", "bundle", "verdict", "note", "shapeqc_status"
 
 
 def worklist_order(records: list[dict]) -> list[dict]:
-    """Judged records, worst first: outliers, then the lowest predicted Dice (raw Dice without an estimate)."""
+    """Judged records, worst first: outliers, then the lowest :func:`shapeqc.quality.rank_value`."""
     def key(record: dict):
-        quality = record.get("quality") or {}
-        value = quality.get("predicted_dice")
-        if value is None:
-            value = (record.get("scores") or {}).get("dice")
-        return (record["status"] != "outlier", value if value is not None else 0.0, record["case"],
-                record["organ"] or "")
+        return (record["status"] != "outlier", rank_value(record), record["case"], record["organ"] or "")
 
     return sorted([r for r in records if r["status"] in JUDGED], key=key)
+
+
+def estimate_notes(records: list[dict]) -> list[str]:
+    """One sentence per bundle with a quality estimate in ``records``: what its interval was measured to hold and
+    what its worklist rows are sorted by (from the records' ``quality``, as the bundle's estimator stored it)."""
+    by_bundle: dict[str, dict] = {}
+    for record in records:
+        if (record.get("quality") or {}).get("predicted_dice") is not None:
+            by_bundle.setdefault(record["bundle"], record["quality"])
+    notes = []
+    for bundle, quality in sorted(by_bundle.items()):
+        ranked = quality.get("rank_by", "predicted_dice")
+        why = ("" if ranked == "predicted_dice" or quality.get("coverage") is None
+               else " (its predicted Dice ranked held-out organs worse than the raw Dice did)")
+        notes.append(f"{bundle}: predicted Dice interval {coverage_text(quality)}; sorted by {RANK_KEYS[ranked]}"
+                     f"{why}.")
+    return notes
+
+
+def interval_header(records: list[dict]) -> str:
+    """The worklist's column title, from the coverage the records' estimators measured: one figure when they
+    share it, else a pointer to the notes above the table."""
+    texts = {coverage_text(r["quality"]) for r in records if (r.get("quality") or {}).get("predicted_dice") is not None}
+    if len(texts) == 1:
+        return f"predicted Dice [interval: {texts.pop()}]"
+    return "predicted Dice [interval, coverage per bundle above]" if texts else "predicted Dice"
 
 
 def _relative(path: str | None, out_dir: Path) -> str | None:
@@ -49,6 +73,7 @@ def _page_record(record: dict, out_dir: Path) -> dict:
     return {"case": record["case"], "organ": record["organ"] or "", "bundle": record["bundle"],
             "status": record["status"], "reason": record.get("reason"), "scores": record.get("scores"),
             "thresholds": thresholds, "quality": record.get("quality"), "defects": record.get("defects", []),
+            "interval_note": coverage_text(record.get("quality")),
             "warnings": record.get("warnings", []),
             "outputs": {k: _relative(v, out_dir) for k, v in (record.get("outputs") or {}).items()
                         if k != "image" and v}}
@@ -109,20 +134,21 @@ def review_html(records: list[dict], out_dir: str | os.PathLike) -> str:
         f"<tr><td>{html.escape(r['case'])}</td><td>{html.escape(r['organ'] or '')}</td><td>{html.escape(r['bundle'])}"
         f"</td><td>{html.escape(r['status'])}</td><td>{html.escape(r.get('reason') or '')}</td></tr>" for r in others)
     data = json.dumps([_page_record(r, out_dir) for r in worklist], allow_nan=False).replace("</", "<\\/")
+    notes = "".join(f'<p class="estimate-note">{html.escape(n)}</p>\n' for n in estimate_notes(worklist))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>shapeqc review</title><style>{STYLE}</style></head><body>
 <h1>shapeqc review</h1>
 <p id="summary">{html.escape(summary)}</p>
 <p class="help">Worklist: every judged organ, outliers first, then the lowest predicted Dice (the raw Dice where the
-bundle has no quality estimate). Open a row to see the organ, the image under it and its defects, and give your
-verdict; verdicts stay in this browser and <b>Export reviews.csv</b> saves them
-(<code>shapeqc reviews OUT/ reviews.csv</code> compares them with the flags).</p>
-<div id="filters">organ <select id="filter-organ">{_options(r["organ"] or "" for r in worklist)}</select>
+bundle has no quality estimate, or where its estimate ranked held-out organs worse). Open a row to see the organ,
+the image under it and its defects, and give your verdict; verdicts stay in this browser and
+<b>Export reviews.csv</b> saves them (<code>shapeqc reviews OUT/ reviews.csv</code> compares them with the flags).</p>
+{notes}<div id="filters">organ <select id="filter-organ">{_options(r["organ"] or "" for r in worklist)}</select>
 status <select id="filter-status">{_options(r["status"] for r in worklist)}</select>
 bundle <select id="filter-bundle">{_options(r["bundle"] for r in worklist)}</select>
 <button id="export">Export reviews.csv</button> <span id="reviewed"></span></div>
 <table id="worklist"><thead><tr><th>case</th><th>organ</th><th>bundle</th><th>status</th>
-<th>predicted Dice [90% interval]</th>{metric_heads}<th>verdict</th><th></th></tr></thead>
+<th>{html.escape(interval_header(worklist))}</th>{metric_heads}<th>verdict</th><th></th></tr></thead>
 <tbody>{"".join(_worklist_row(i, r) for i, r in enumerate(worklist))}</tbody></table>
 <section id="detail" hidden>
 <h2 id="detail-title"></h2>
@@ -201,7 +227,7 @@ function openDetail(index) {
   document.getElementById('detail-title').textContent = r.case + ' / ' + r.organ + ' (' + r.bundle + ')';
   const q = r.quality && r.quality.predicted_dice != null ?
     ', predicted Dice ' + r.quality.predicted_dice.toFixed(3) + ' [' + r.quality.interval[0].toFixed(3) + ', ' +
-    r.quality.interval[1].toFixed(3) + ']' : '';
+    r.quality.interval[1].toFixed(3) + '] (interval ' + r.interval_note + ')' : '';
   document.getElementById('detail-status').textContent = r.status + (r.reason ? ': ' + r.reason : '') + q;
   const overview = document.getElementById('overview');
   overview.src = r.outputs.overview || '';

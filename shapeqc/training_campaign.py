@@ -41,12 +41,12 @@ CAMPAIGNS = ROOT / "docs" / "training"
 VALIDATION = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)")
 
 
-def load_campaign(folder: Path, bundle: Path, overrides: dict) -> dict:
+def load_campaign(folder: Path, bundle_name: str, overrides: dict) -> dict:
     """The campaign's state in ``folder``; a new one with ``overrides`` as its recipe, or the stored one, which
     must agree."""
     path = folder / "campaign.json"
     if not path.exists():
-        return {"bundle": bundle.name, "recipe": overrides, "sessions": [], "iterations": 0, "hours": 0.0}
+        return {"bundle": bundle_name, "recipe": overrides, "sessions": [], "iterations": 0, "hours": 0.0}
     campaign = json.loads(path.read_text())
     if overrides and overrides != campaign["recipe"]:
         raise SystemExit(f"the campaign in {path.parent} trains the recipe {campaign['recipe']}, not {overrides}: "
@@ -61,15 +61,18 @@ def trainer_iteration(checkpoint: Path) -> tuple[int, int]:
     return iteration // max(int(state["epoch_length"] or 1), 1), iteration
 
 
-def run_session(folder: Path, bundle: Path, dataset_dir: str, minutes: float, threads: int = 1) -> dict:
-    """One session of the campaign kept in ``folder`` (module doc); returns its entry in ``campaign.json``."""
+def run_session(folder: Path, bundle: Path, campaign: dict, dataset_dir: str, minutes: float,
+                threads: int = 1) -> dict:
+    """One session of ``campaign`` (:func:`load_campaign`), kept in ``folder`` (module doc); returns its entry in
+    ``campaign.json``."""
     import yaml
 
     if "time_limit_s" not in yaml.safe_load((bundle / "configs" / "train.yaml").read_text()):
         raise SystemExit(f"{bundle / 'configs' / 'train.yaml'} has no time_limit_s (ignite TimeLimit): a session "
                          "could not stop on time; add it as the kidney, liver and spleen bundles have it")
     folder.mkdir(parents=True, exist_ok=True)
-    campaign = json.loads((folder / "campaign.json").read_text())
+    # the recipe is on disk before training starts: a session killed midway leaves a checkpoint and its recipe
+    (folder / "campaign.json").write_text(json.dumps(campaign, indent=1))
     checkpoint = folder / "checkpoint.pt"
     start_epoch, start_iteration = trainer_iteration(checkpoint) if checkpoint.exists() else (0, 0)
     started = time.time()
@@ -129,10 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bundle = args.bundle.resolve()
     folder = args.campaigns / bundle.name
-    campaign = load_campaign(folder, bundle, parse_overrides(args.set))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "campaign.json").write_text(json.dumps(campaign, indent=1))
-    session = run_session(folder, bundle, args.dataset_dir, args.minutes, args.threads)
+    campaign = load_campaign(folder, bundle.name, parse_overrides(args.set))
+    session = run_session(folder, bundle, campaign, args.dataset_dir, args.minutes, args.threads)
     print(json.dumps(session))
     return 0
 

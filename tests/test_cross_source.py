@@ -53,3 +53,45 @@ def test_sampling_keeps_every_failure_and_a_seeded_share_of_good_ones():
     assert chosen == again
     assert sum(r["true_dice"] < 0.95 for r in chosen) == 3 and len(chosen) == 8
     assert weights["spleen"] == pytest.approx(20 / 5)
+
+
+def test_real_failure_coverage_is_recorded_for_the_current_interval_and_shown_when_lower(tmp_path):
+    """The kidney's stored real-failure rows: intervals re-sized with the bundle's estimator, their coverage stored
+    in a copy of the bundle, and then what an analysis shows (the lower of the two measured coverages); an
+    estimator refitted afterwards would carry a stale figure, which loading refuses."""
+    import shutil
+
+    from shapeqc.bundles import BundleTrustError, load_bundle
+    from shapeqc.quality import check_estimator, predict_quality
+
+    bundle = shutil.copytree(ROOT / "bundles" / "kidney", tmp_path / "kidney")
+    results = json.loads((bundle / "docs" / "cross_source.json").read_text())
+    for row in results["rows"]:
+        if row["predicted_dice"] is not None:
+            row["interval"] = [0.0, 1.0]  # stale intervals, as after a refit
+    with pytest.raises(SystemExit, match="resize-intervals"):
+        cross_source.record_coverage(results, bundle)
+    cross_source.resize_intervals(results["rows"], bundle)
+    written = cross_source.record_coverage(results, bundle)
+    [(spacing, real)] = written.items()
+    judged = [r for r in results["rows"] if r["source"] == cross_source.PREDICTION and r["predicted_dice"] is not None]
+    assert real["organs"] == len(judged) and spacing == "None"
+    assert real["coverage"] == pytest.approx(
+        sum(r["interval"][0] <= r["true_dice"] <= r["interval"][1] for r in judged) / len(judged), abs=1e-4)
+    profile = next(p for p in json.loads((bundle / "configs" / "thresholds.json").read_text())["profiles"]
+                   if p["spacing_mm"] is None)
+    estimator = check_estimator(profile["quality_estimator"])
+    shown = predict_quality(estimator, {"dice": 0.9, "over_fraction": 0.05, "under_fraction": 0.05,
+                                        "log_volume_ratio": 0.0, "log_asd": 0.5})
+    assert shown["coverage"] == min(real["coverage"], estimator["measured_coverage"])
+    assert shown["coverage_basis"].startswith("real model failures") == (real["coverage"]
+                                                                         < estimator["measured_coverage"])
+    # a refit that moved the half width leaves the recorded figure stale: the bundle does not load with it
+    path = bundle / "configs" / "thresholds.json"
+    thresholds = json.loads(path.read_text())
+    for p in thresholds["profiles"]:
+        if p["quality_estimator"].get("real_failures"):
+            p["quality_estimator"]["half_width"] += 0.01
+    path.write_text(json.dumps(thresholds))
+    with pytest.raises(BundleTrustError, match="another interval"):
+        load_bundle(bundle)

@@ -97,9 +97,16 @@ def test_the_page_in_a_real_browser(reviewed_run, browser, tmp_path):
     page.goto((reviewed_run / "report.html").as_uri())
     rows = page.locator("#worklist tbody tr")
     assert rows.count() == 2
-    # worst first (shapeqc.review_page.worklist_order): both outliers, the lower predicted Dice first
-    predicted = [float(rows.nth(i).locator("td").nth(4).inner_text().split()[0]) for i in range(2)]
-    assert predicted == sorted(predicted)
+    # worst first (shapeqc.review_page.worklist_order): both outliers, then by what the adrenal bundle's estimator
+    # measured to rank unseen kinds of error better (rank_by: the raw Dice, the first metric column)
+    assert json.loads((ADRENAL / "configs" / "thresholds.json").read_text())["profiles"][0]["quality_estimator"][
+        "rank_by"] == "dice"
+    raw = [float(rows.nth(i).locator("td").nth(5).inner_text().split()[0]) for i in range(2)]
+    assert raw == sorted(raw)
+    # the interval's column and note carry the coverage the estimator measured, not a nominal one
+    header = page.locator("#worklist thead th").nth(4).inner_text()
+    assert header.startswith("predicted Dice [interval: covered ") and "on unseen kinds of error" in header
+    assert "sorted by the raw Dice" in page.locator(".estimate-note").first.inner_text()
     first_organ = rows.nth(0).get_attribute("data-organ")
     other_organ = rows.nth(1).get_attribute("data-organ")
     # a filter hides rows

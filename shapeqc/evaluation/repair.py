@@ -39,11 +39,13 @@ def held_out_grids(bundle_dir: str | Path, dataset_dir: str, limit: int | None =
     (``validate#datalist`` without its limit), the first ``limit`` of them."""
     from monai.transforms import Compose
 
-    from shapeqc.bundles import TRAINING_CONFIGS, bundle_datalist, bundle_parser
+    from shapeqc.bundles import TRAINING_CONFIGS, bundle_parser
 
-    parser = bundle_parser(bundle_dir, TRAINING_CONFIGS, dataset_dir=dataset_dir, **(overrides or {}))
+    # one parser gives both the grid transforms and the whole held-out split (no case limits)
+    parser = bundle_parser(bundle_dir, TRAINING_CONFIGS, dataset_dir=dataset_dir,
+                           **{**(overrides or {}), "val_limit": None, "train_limit": None})
     to_grid = Compose(parser.get_parsed_content("canonical_grid_transforms"))
-    items = bundle_datalist(bundle_dir, dataset_dir)
+    items = list(parser.get_parsed_content("validate#datalist"))
     grids = []
     for item in items[:limit] if limit else items:
         out = to_grid(dict(item))

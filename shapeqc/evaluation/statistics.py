@@ -163,11 +163,14 @@ def dice_estimation(scored: dict, estimator: dict | None = None, coverage: float
         for k in np.unique(fold):
             train = ~is_family[family] & (fold != k)
             train_groups = [g for g, keep in zip(groups, train, strict=True) if keep]
+            # the estimator as the product fits it: its interval sized on the training families left out in turn
+            train_families = [r["family"] for r, keep in zip(rows, train, strict=True) if keep]
             fitted = fit_dice_estimator([x for x, keep in zip(features, train, strict=True) if keep],
-                                        truth[train].tolist(), train_groups, coverage=coverage, seed=seed)
+                                        truth[train].tolist(), train_groups, train_families, coverage=coverage,
+                                        seed=seed)
             b_fitted = fit_dice_estimator([x for x, keep in zip(b_rows, train, strict=True) if keep],
-                                          truth[train].tolist(), train_groups, coverage=coverage, seed=seed,
-                                          names=("log_b",))
+                                          truth[train].tolist(), train_groups, train_families, coverage=coverage,
+                                          seed=seed, names=("log_b",))
             for index in np.flatnonzero((fold == k) & (is_family[family] | clean)):
                 quality = predict_quality(fitted, features[index])
                 if clean[index]:
@@ -218,7 +221,8 @@ def other_rater_estimation(scored: dict, rows: list[dict], features: list[dict],
               and p["scores"].get("quality_features") and np.isfinite(p["scores"]["shapeqc_dice"])]
     if len(judged) < 3:
         return {}
-    fitted = fit_dice_estimator(features, truth.tolist(), groups, coverage=coverage, seed=seed)
+    fitted = fit_dice_estimator(features, truth.tolist(), groups, [r["family"] for r in rows], coverage=coverage,
+                                seed=seed)
     target = [true_dice[p["case"]] for p in judged]
     predicted = [predict_quality(fitted, p["scores"]["quality_features"]) for p in judged]
     other = {"cases": len(judged), "true_dice_range": [float(min(target)), float(max(target))],
