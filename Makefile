@@ -39,6 +39,7 @@ test: test-package test-app
 
 test-package: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --ignore=tests/test_app.py
 
 # the Deploy app's tests, in its own environment; Holoscan wants a 32 MB stack
@@ -49,10 +50,11 @@ test-app: setup-app
 BUNDLE ?= kidney
 MINUTES ?= 60
 train-campaign: setup
-	OMP_NUM_THREADS=1 $(PY) -m shapeqc.training_campaign --bundle bundles/$(BUNDLE) --minutes $(MINUTES)
+	OMP_NUM_THREADS=1 $(PY) -m shapeqc.training.campaign --bundle bundles/$(BUNDLE) --minutes $(MINUTES)
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) $(APP_VENV) build *.egg-info

@@ -25,8 +25,8 @@ from monai.deploy.core import Application
 from report_writer_operator import ReportWriterOperator
 from shape_qc_operator import ShapeQCOperator
 
-from shapeqc.batch import OutputLock, holds_records, move_aside
-from shapeqc.reports import write_reports
+from shapeqc.outputs.reports import write_reports
+from shapeqc.runs.journal import OutputLock, holds_records, move_aside
 
 
 class ShapeQCApp(Application):

@@ -14,7 +14,7 @@ from dicom_seg_input import (
 )
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from shapeqc.batch import discover_cases
+from shapeqc.runs.cases import discover_cases
 
 
 class CaseLoaderOperator(Operator):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shapeqc.quality import coverage_text
-from shapeqc.reports import quality_text
+from shapeqc.outputs.reports import quality_text
+from shapeqc.scoring.quality import coverage_text
 from shapeqc.transforms.volume_io import LPS_TO_RAS
 
-# difference map values (shapeqc.defects): 1 only in the segmentation, 2 only in the reconstruction
+# difference map values (shapeqc.scoring.defects): 1 only in the segmentation, 2 only in the reconstruction
 DIFFERENCE_SEGMENTS = {1: "suspected over-segmentation", 2: "suspected under-segmentation"}
 
 

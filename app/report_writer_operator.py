@@ -8,7 +8,7 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from shapeqc.reports import write_atomic, write_reports
+from shapeqc.outputs.reports import write_atomic, write_reports
 
 
 class ReportWriterOperator(Operator):

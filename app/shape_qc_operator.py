@@ -7,9 +7,9 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from shapeqc.batch import analyse_case
-from shapeqc.bundles import load_trained_bundles
-from shapeqc.records import error_record
+from shapeqc.bundle.loading import load_trained_bundles
+from shapeqc.outputs.records import error_record
+from shapeqc.runs.cases import analyse_case
 
 
 class ShapeQCOperator(Operator):

@@ -39,9 +39,9 @@ RESEARCH_ROUTE_S = 2 * 710.0
 
 
 def load(kind: str):
-    from shapeqc.bundles import bundle_from_config, load_bundle
-    from shapeqc.networks import ifnet_from_preset
-    from shapeqc.reconstruction import CoarseToFineInferer
+    from shapeqc.bundle.loading import bundle_from_config, load_bundle
+    from shapeqc.prior.ifnet import ifnet_from_preset
+    from shapeqc.prior.reconstruction import CoarseToFineInferer
     from shapeqc.transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
 
     if kind == "shipped":
@@ -73,8 +73,8 @@ class _PlainDecoder(torch.nn.Module):
 
 
 def child(kind: str, cases: int, work: Path) -> None:
-    from shapeqc.analysis import analyse_organ
-    from shapeqc.reconstruction import grid_logits
+    from shapeqc.judging.analysis import analyse_organ
+    from shapeqc.prior.reconstruction import grid_logits
     from shapeqc.transforms.canonical_grid import CanonicalGrid, grid_to_source
 
     bundle = load(kind)
@@ -113,7 +113,7 @@ def main() -> None:
 
     runs = {}
     for bundle_dir in args.bundle:  # each on its own held-out masks as stored
-        from shapeqc.bundles import bundle_datalist
+        from shapeqc.bundle.loading import bundle_datalist
         from shapeqc.transforms.organ_loading import load_item_mask
 
         work = Path(tempfile.mkdtemp())

@@ -2,7 +2,7 @@
 
 The cohort: real adrenal val masks re-sliced as CT segmentations (0.8 x 0.8 x 2.5 mm, seeded tilt, as the
 calibration's CT profile does), written as NIfTI, plus copies of the TotalSegmentator example's multi-label map
-(both adrenal glands each). Three runs of ``shapeqc.batch.run_batch`` in this process, same cases, same bundle:
+(both adrenal glands each). Three runs of ``shapeqc.runs.batch.run_batch`` in this process, same cases, same bundle:
 
 1. baseline: every case one after the other in this process, torch on both cores;
 2. baseline: the same with torch on one thread (what one worker of the cluster is);
@@ -37,7 +37,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def make_cohort(folder: Path, cases: int) -> Path:
-    from shapeqc.calibration import acquisition
+    from shapeqc.calibration.profiles import acquisition
     from shapeqc.transforms.volume_io import write_volume
 
     with np.load(SHARED / "adrenalmnist3d" / "adrenalmnist3d_64_trainval.npz") as archive:
@@ -65,8 +65,8 @@ def timed(label: str, run) -> tuple[float, list[dict]]:
 
 
 def main() -> None:
-    from shapeqc.batch import run_batch
-    from shapeqc.bundles import load_bundle
+    from shapeqc.bundle.loading import load_bundle
+    from shapeqc.runs.batch import run_batch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=40)
@@ -91,7 +91,7 @@ def main() -> None:
     import dask
     from distributed import Client, LocalCluster
 
-    from shapeqc.cohort import cluster_config
+    from shapeqc.runs.cohort import cluster_config
 
     killed = []
     with dask.config.set(cluster_config(3, 1)), \

@@ -73,7 +73,7 @@ def kernels(data: Path, repeats: int) -> list[str]:
 
 
 def training_steps(repeats: int) -> list[str]:
-    from shapeqc.networks import ifnet_from_preset
+    from shapeqc.prior.ifnet import ifnet_from_preset
 
     rows = ["| preset | grid | CPU s per step | CUDA s per step | ratio |", "|---|---|---|---|---|"]
     for preset, size in (("cpu_small", 64), ("research", 128)):
@@ -102,8 +102,8 @@ def training_steps(repeats: int) -> list[str]:
 def analysis(bundle_dirs: list[Path], data: Path, repeats: int) -> list[str]:
     import nibabel
 
-    from shapeqc.analysis import analyse_organ
-    from shapeqc.bundles import bundle_datalist, load_bundle
+    from shapeqc.bundle.loading import bundle_datalist, load_bundle
+    from shapeqc.judging.analysis import analyse_organ
     from shapeqc.transforms.organ_loading import load_item_mask
 
     rows = ["| bundle | organ | CPU s | CUDA s | ratio | CUDA encode + decode s |", "|---|---|---|---|---|---|"]

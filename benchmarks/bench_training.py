@@ -38,7 +38,7 @@ def training_batches(bundle: Path, dataset_dir: str, organs: int, seed: int = 0)
     from monai.data import list_data_collate
     from monai.utils import set_determinism
 
-    from shapeqc.bundles import bundle_parser
+    from shapeqc.bundle.loading import bundle_parser
 
     parser = bundle_parser(bundle, ["inference.yaml", "train.yaml"], dataset_dir=dataset_dir, train_limit=organs,
                            num_workers=0)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     learning_rate = float(config.get_parsed_content("learning_rate"))
 
     def network(**overrides) -> torch.nn.Module:
-        from shapeqc.networks import IFNet
+        from shapeqc.prior.ifnet import IFNet
 
         arguments = {"grid_size": base.grid_size, "channels": base.channels, "hidden": base.hidden,
                      "input_resolution_features": base.input_resolution_features, **overrides}

@@ -17,7 +17,7 @@ Sources (read-only from ../shared/data; nothing is copied into the repository):
   failure line (0.90); the share of those failures flagged (status outlier or error); the flag rate among
   predictions with true Dice >= 0.95; the predicted Dice's Pearson r, Spearman rho and MAE against the true Dice,
   beside the raw Dice's (segmentation vs reconstruction taken as the estimate).
-- **cohort profile** (:mod:`shapeqc.cohort_calibration`): the same predictions judged against a threshold fitted
+- **cohort profile** (:mod:`shapeqc.runs.cohort_calibration`): the same predictions judged against a threshold fitted
   on their own scores at 5%, to compare with the shipped profile.
 
 ``--good-sample N`` analyses every prediction with true Dice < 0.95 and a seeded sample of N of the rest per
@@ -86,7 +86,7 @@ def sampled(rows: list[dict], good_sample: int | None, seed: int = 0) -> tuple[l
 
 def analyse_mask(bundle, mask: np.ndarray, affine: np.ndarray, organ: str, case: str, scratch: Path) -> dict:
     """shapeqc's record of one binary mask (written to a scratch NIfTI, analysed as a user's file would be)."""
-    from shapeqc.analysis import analyse_organ
+    from shapeqc.judging.analysis import analyse_organ
     from shapeqc.transforms.volume_io import write_volume
 
     path = write_volume(scratch / "mask.nii.gz", mask.astype(np.uint8), affine)
@@ -105,8 +105,8 @@ def summary_row(record: dict) -> dict:
 
 def resize_intervals(rows: list[dict], bundle_dir: Path) -> dict[str, float]:
     """Give every row with a predicted Dice the interval of the bundle's current estimator of its profile
-    (``predicted ± half width``, clipped to [0, 1]): after :func:`shapeqc.calibration.refit_quality` re-sized the
-    intervals of an unchanged fit, the stored point estimates stand and only the intervals move. Returns each
+    (``predicted ± half width``, clipped to [0, 1]): after :func:`shapeqc.calibration.profiles.refit_quality` re-sized
+    the intervals of an unchanged fit, the stored point estimates stand and only the intervals move. Returns each
     profile's half width used (by spacing)."""
     thresholds = json.loads((bundle_dir / "configs" / "thresholds.json").read_text())
     estimators = {str(p["spacing_mm"]): p.get("quality_estimator") for p in thresholds["profiles"]}
@@ -128,7 +128,7 @@ def flagged(row: dict) -> bool:
 
 
 def clean_summary(rows: list[dict]) -> dict:
-    from shapeqc.evaluation.statistics import wilson_interval
+    from shapeqc.scoring.roc import wilson_interval
 
     judged = [r for r in rows if r["status"] != "not_judged"]
     count = sum(flagged(r) for r in judged)
@@ -143,9 +143,9 @@ def prediction_summary(rows: list[dict], weight: float | None, target_rate: floa
     """AUROC, detection, good-flag rate, estimate vs raw Dice, and the cohort profile's rates (see module doc)."""
     from scipy.stats import pearsonr, spearmanr
 
-    from shapeqc.analysis import implausible_reason
-    from shapeqc.cohort_calibration import fit_cohort_threshold
-    from shapeqc.evaluation.statistics import auroc
+    from shapeqc.judging.analysis import implausible_reason
+    from shapeqc.runs.cohort_calibration import fit_cohort_threshold
+    from shapeqc.scoring.roc import auroc
 
     def badness(row):
         return 1.0 - row["shapeqc_dice"] if row["shapeqc_dice"] is not None else 2.0
@@ -176,7 +176,7 @@ def prediction_summary(rows: list[dict], weight: float | None, target_rate: floa
         fit = fit_cohort_threshold(np.repeat([r["shapeqc_dice"] for r in scored], repeat), target_rate)
 
         def cohort_flag(row):
-            # the rule shapeqc.cohort_calibration re-judges a run by: below the cohort's threshold, or implausible
+            # the rule shapeqc.runs.cohort_calibration re-judges a run by: below the cohort's threshold, or implausible
             return row["shapeqc_dice"] is None or row["shapeqc_dice"] < fit["threshold"] \
                 or implausible_reason(row) is not None
 
@@ -201,7 +201,7 @@ def summarise(results: dict, weights: dict) -> dict:
 
 def run(bundle_dir: Path, dataset_dir: Path, good_sample: int | None, out_dir: Path | None,
         limit: int | None = None) -> dict:
-    from shapeqc.bundles import load_bundle
+    from shapeqc.bundle.loading import load_bundle
 
     bundle = load_bundle(bundle_dir)
     organs = list(bundle.organs)
@@ -310,8 +310,8 @@ def markdown(results: dict) -> str:
 
 def record_coverage(results: dict, bundle_dir: Path) -> dict[str, dict]:
     """Store, in the bundle's ``configs/thresholds.json``, the interval coverage its real-failure rows measured
-    per profile (``quality_estimator.real_failures``: what :func:`shapeqc.quality.predict_quality` then shows where
-    it is lower than the coverage on unseen kinds of error). Only for rows whose intervals are the current
+    per profile (``quality_estimator.real_failures``: what :func:`shapeqc.scoring.quality.predict_quality` then shows
+    where it is lower than the coverage on unseen kinds of error). Only for rows whose intervals are the current
     estimator's (a full run, or ``--rescore --resize-intervals``). Returns what was written, by profile."""
     path = bundle_dir / "configs" / "thresholds.json"
     thresholds = json.loads(path.read_text())

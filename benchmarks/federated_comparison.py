@@ -36,14 +36,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from shapeqc.federated import (  # noqa: E402
+from shapeqc.federated.job import (  # noqa: E402
     initial_weights,
     simulate,
     site_datalists,
     write_federated_bundle,
     write_job,
 )
-from shapeqc.thresholds import leave_one_out_fpr, threshold_at  # noqa: E402
+from shapeqc.scoring.thresholds import leave_one_out_fpr, threshold_at  # noqa: E402
 
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -64,7 +64,7 @@ def train_alone(bundle: Path, out: Path, name: str, datalist: Path | None, epoch
                "--val_limit", "4", "--num_workers", "1", "--ckpt_file", str(out / "initial_model.pt"),
                "--ckpt_dir", str(run / "models"), "--output_dir", str(run / "runs")]
     if datalist is not None:
-        command += ["--train#datalist", f"$training_data.datalist_split('{datalist}', 'training')"]
+        command += ["--train#datalist", f"$datalists.datalist_split('{datalist}', 'training')"]
     with open(run / "log.txt", "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=CHILD_ENV, cwd=REPO)
     return weights
@@ -72,7 +72,7 @@ def train_alone(bundle: Path, out: Path, name: str, datalist: Path | None, epoch
 
 def train_federated(bundle: Path, out: Path, sites: dict[str, Path], rounds: int, local_epochs: int,
                     dataset_dir: str) -> Path:
-    """The NVFlare job (shapeqc.federated) simulated here; returns the federated bundle's weights."""
+    """The NVFlare job (shapeqc.federated.job) simulated here; returns the federated bundle's weights."""
     job = out / f"federated_{rounds}x{local_epochs}"
     fed_bundle = job / "bundle"
     if not (fed_bundle / "models" / "model.pt").is_file():
@@ -84,7 +84,7 @@ def train_federated(bundle: Path, out: Path, sites: dict[str, Path], rounds: int
 
 def batch_size(bundle: Path) -> int:
     """The training batch size of the bundle's own train.yaml."""
-    from shapeqc.bundles import TRAINING_CONFIGS, bundle_parser
+    from shapeqc.bundle.loading import TRAINING_CONFIGS, bundle_parser
 
     return int(bundle_parser(bundle, TRAINING_CONFIGS).get_parsed_content("batch_size"))
 

@@ -1,7 +1,7 @@
 """How good is the detection? shapeqc against simpler QC scores on real masks and seeded corruptions of them.
 
 Clean cases: real masks the bundle never trained on (the AdrenalMNIST3D val split by default). Corrupted cases:
-every family of ``shapeqc.evaluation.corruptions`` at each severity, plus two swaps: ``swap``, another val
+every family of ``shapeqc.calibration.corruptions`` at each severity, plus two swaps: ``swap``, another val
 subject's organ in place, and ``swap_organ``, another organ's real shape (the val masks of ``--swap-organ-from``,
 by default the hippocampus bundle's) scaled to the organ's volume and put in its place; seeded per case, family and
 severity (re-running gives the same cases). Scores, all on the same cases: shapeqc's four metrics (input vs
@@ -14,7 +14,7 @@ protocol): how well Dice(input, reconstruction) predicts the true Dice(input, cl
                                     [--spacing 0.8 0.8 2.5] [--swap-organ-from bundles/hippocampus]
 
 With ``--spacing``, every mask (clean, donor, baselines' training set) is first re-sliced as a CT acquisition at
-that voxel size with a tilt seeded by its case id (``shapeqc.calibration.acquisition``, the calibration's CT
+that voxel size with a tilt seeded by its case id (``shapeqc.calibration.profiles.acquisition``, the calibration's CT
 profile), and the corruptions act on that grid (a dilation by one voxel is then 0.8 mm in-plane, 2.5 mm across
 slices, as on a real CT); shapeqc is judged at the bundle's threshold for that profile.
 

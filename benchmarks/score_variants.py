@@ -53,7 +53,7 @@ def variant_scores(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> 
     """Every score of :data:`SCORES` for one mask (D, H, W) bool with its affine, in the bundle's canonical grid."""
     import torch
 
-    from shapeqc.reconstruction import grid_logits
+    from shapeqc.prior.reconstruction import grid_logits
 
     def occupancy(grid: np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(grid.astype(np.float32))[None, None]
@@ -77,10 +77,10 @@ def variant_scores(bundle, mask: np.ndarray, affine: np.ndarray, organ: str) -> 
 def main(argv: list[str] | None = None) -> int:
     from qc_quality import display_path
 
-    from shapeqc.bundles import bundle_datalist, load_bundle
+    from shapeqc.bundle.loading import bundle_datalist, load_bundle
     from shapeqc.evaluation.protocol import corrupted_cases, load_masks, swaps_in_place
-    from shapeqc.evaluation.statistics import auroc
-    from shapeqc.thresholds import badness as oriented
+    from shapeqc.scoring.roc import auroc
+    from shapeqc.scoring.thresholds import badness as oriented
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "adrenal_gland")

@@ -1,7 +1,7 @@
 """The ``shapeqc`` command line.
 
 - ``shapeqc analyse``: reconstruct, score and flag every organ the given bundles cover; write per-organ outputs,
-  the journal and the reports (``shapeqc.batch``).
+  the journal and the reports (``shapeqc.runs.batch``).
 - ``shapeqc calibrate``: set a bundle's outlier thresholds on clean masks, one profile per acquisition spacing.
 - ``shapeqc datalist``: list cases from a NIfTI folder, a TotalSegmentator tree or the AdrenalMNIST3D npz,
   split them deterministically and write a MONAI datalist JSON.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 
 def _datalist(args: argparse.Namespace) -> int:
-    from shapeqc.datasets import (
+    from shapeqc.bundle.datasets import (
         adrenalmnist3d_items,
         nifti_folder_items,
         split_items,
@@ -51,7 +51,7 @@ def _datalist(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from shapeqc.metrics import dice
+    from shapeqc.scoring.metrics import dice
     from shapeqc.transforms.canonical_grid import CanonicalGrid
     from shapeqc.transforms.grid_transforms import CanonicalGridToSourced, ToCanonicalGridd
     from shapeqc.transforms.organ_loading import CheckOrganMaskd, LoadOrganMaskd
@@ -76,7 +76,7 @@ def _grid(args: argparse.Namespace) -> int:
 
 
 def _new_bundle(args: argparse.Namespace) -> int:
-    from shapeqc.bundles import new_bundle
+    from shapeqc.bundle.loading import new_bundle
 
     template = Path(args.from_bundle)
     if not template.is_dir():
@@ -88,8 +88,9 @@ def _new_bundle(args: argparse.Namespace) -> int:
 
 
 def _analyse(args: argparse.Namespace) -> int:
-    from shapeqc.batch import ImageArgumentError, OutputInUseError, OutputLockedError, run_batch
-    from shapeqc.bundles import BundleTrustError, load_bundle, load_trained_bundles
+    from shapeqc.bundle.loading import BundleTrustError, load_bundle, load_trained_bundles
+    from shapeqc.runs.batch import ImageArgumentError, run_batch
+    from shapeqc.runs.journal import OutputInUseError, OutputLockedError
 
     device = args.device
     if device == "auto":
@@ -136,7 +137,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.refit_quality:
         if not args.bundle:
             raise SystemExit("shapeqc calibrate --refit-quality: give --bundle")
-        from shapeqc.calibration import refit_quality
+        from shapeqc.calibration.profiles import refit_quality
 
         for quality in refit_quality(args.bundle):
             print(json.dumps({key: quality[key] for key in ("measured_coverage", "coverage_basis", "rank_by",
@@ -145,8 +146,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     if not args.bundle or not args.data:
         raise SystemExit("shapeqc calibrate: give --bundle and --data (a bundle on clean masks), or --cohort OUT "
                          "(a finished run on its own scores)")
-    from shapeqc.calibration import calibrate
-    from shapeqc.training_data import adrenalmnist3d_split, datalist_split
+    from shapeqc.bundle.datalists import adrenalmnist3d_split, datalist_split
+    from shapeqc.calibration.profiles import calibrate
 
     if args.data.endswith(".json"):
         items = datalist_split(args.data, args.split, args.limit)
@@ -160,8 +161,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _calibrate_cohort(args: argparse.Namespace) -> int:
-    from shapeqc.batch import OutputLockedError
-    from shapeqc.cohort_calibration import COHORT_FILE, DEFAULT_MIN_ORGANS, calibrate_cohort
+    from shapeqc.runs.cohort_calibration import COHORT_FILE, DEFAULT_MIN_ORGANS, calibrate_cohort
+    from shapeqc.runs.journal import OutputLockedError
 
     min_organs = DEFAULT_MIN_ORGANS if args.min_organs is None else args.min_organs
     try:
@@ -189,7 +190,7 @@ def _site_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def _trust(args: argparse.Namespace) -> int:
-    from shapeqc.trust import BundleTrustError, bundle_digest, trust_bundle, trust_store_path, what_it_runs
+    from shapeqc.bundle.trust import BundleTrustError, bundle_digest, trust_bundle, trust_store_path, what_it_runs
 
     try:
         if args.show:
@@ -206,8 +207,8 @@ def _trust(args: argparse.Namespace) -> int:
 
 
 def _federated_job(args: argparse.Namespace) -> int:
-    from shapeqc.federated import site_datalists, write_job
-    from shapeqc.trust import BundleTrustError, require_trusted
+    from shapeqc.bundle.trust import BundleTrustError, require_trusted
+    from shapeqc.federated.job import site_datalists, write_job
 
     try:  # every site will run the bundle's training config: code, so only a vouched-for bundle
         decision = require_trusted(args.bundle, args.trust_bundle or [], purpose="a federated job")
@@ -230,14 +231,14 @@ def _federated_job(args: argparse.Namespace) -> int:
 
 
 def _federated_simulate(args: argparse.Namespace) -> int:
-    from shapeqc.federated import (
+    from shapeqc.bundle.trust import BundleTrustError
+    from shapeqc.federated.job import (
         JOB_SETTINGS,
         FederatedRunError,
         check_bundle_out,
         simulate,
         write_federated_bundle,
     )
-    from shapeqc.trust import BundleTrustError
 
     settings_file = Path(args.job) / JOB_SETTINGS
     if not settings_file.is_file():
@@ -382,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _reviews(args: argparse.Namespace) -> int:
-    from shapeqc.reviews import reviews_of_run, reviews_text
+    from shapeqc.outputs.reviews import reviews_of_run, reviews_text
 
     try:
         result = reviews_of_run(args.output, args.reviews_csv)

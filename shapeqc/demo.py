@@ -32,9 +32,9 @@ def make_example(bundle_dir: Path, dataset_dir: str) -> Path:
     a mean shape (smoother and blunter than any real one) is off its distribution and scored like a defect.
     The median-volume case is chosen by rule, not by its score.
     """
-    from shapeqc.analysis import reconstruct_in_source
-    from shapeqc.bundles import load_bundle
-    from shapeqc.training_data import adrenalmnist3d_split
+    from shapeqc.bundle.datalists import adrenalmnist3d_split
+    from shapeqc.bundle.loading import load_bundle
+    from shapeqc.judging.analysis import reconstruct_in_source
     from shapeqc.transforms.organ_loading import load_organ_mask
     from shapeqc.transforms.volume_io import write_volume
 
@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(make_example(args.bundle, args.dataset_dir))
         return 0
 
-    from shapeqc.batch import run_batch
-    from shapeqc.bundles import load_bundle
-    from shapeqc.reports import quality_text
-    from shapeqc.review_page import estimate_notes
+    from shapeqc.bundle.loading import load_bundle
+    from shapeqc.outputs.reports import quality_text
+    from shapeqc.outputs.review_page import estimate_notes
+    from shapeqc.runs.batch import run_batch
 
     bundle = load_bundle(args.bundle)
     inputs = demo_inputs(args.bundle / "docs" / "example_organ.nii.gz", args.out)

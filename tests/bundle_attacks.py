@@ -23,7 +23,7 @@ def _touch(marker: Path, value) -> str:
 
 def _hubconf(marker: Path) -> str:
     return (f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
-            "from shapeqc.networks import IFNet\n\n\n"
+            "from shapeqc.prior.ifnet import IFNet\n\n\n"
             "def ifnet(**kwargs):\n    return IFNet(grid_size=64, channels=[8, 16, 32, 32], hidden=128)\n")
 
 

@@ -28,7 +28,8 @@ def adrenal_npz() -> Path:
 @pytest.fixture(scope="session")
 def adrenal_val_masks(adrenal_npz) -> np.ndarray:
     """(98, 64, 64, 64) bool, the real AdrenalMNIST3D validation masks at 1 mm, in R, A, S array order: with an
-    identity affine they lie in their true frame (the npz stores them L, P, S: shapeqc.datasets.ADRENALMNIST_AFFINE)."""
+    identity affine they lie in their true frame (the npz stores them L, P, S:
+    shapeqc.bundle.datasets.ADRENALMNIST_AFFINE)."""
     with np.load(adrenal_npz) as archive:
         return np.ascontiguousarray(np.flip(archive["val_images"] > 0, axis=(1, 2)))
 

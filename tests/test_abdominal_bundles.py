@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from shapeqc import cli
-from shapeqc.analysis import score_organ
-from shapeqc.bundle_metadata import check_bundle_metadata
-from shapeqc.bundle_quality import bundle_quality
-from shapeqc.bundles import bundle_datalist, load_bundle
-from shapeqc.evaluation.corruptions import perlin
-from shapeqc.thresholds import decide, select_profile
+from shapeqc.bundle.loading import bundle_datalist, load_bundle
+from shapeqc.bundle.metadata import check_bundle_metadata
+from shapeqc.calibration.corruptions import perlin
+from shapeqc.judging.analysis import score_organ
+from shapeqc.scoring.thresholds import decide, select_profile
+from shapeqc.training.quality_bars import bundle_quality
 from shapeqc.transforms.organ_loading import load_item_mask
 from shapeqc.transforms.volume_io import voxel_spacing
 

@@ -9,13 +9,13 @@ import logging
 import numpy as np
 import pytest
 
-from shapeqc.datasets import paired_label_map_items, split_items
-from shapeqc.training_data import (
+from shapeqc.bundle.datalists import (
     LITS_IDENTITY_HEADER_CASES,
     kits_kidney_split,
     lits_liver_split,
     msd_spleen_split,
 )
+from shapeqc.bundle.datasets import paired_label_map_items, split_items
 from shapeqc.transforms.errors import UnsplitSidesError
 from shapeqc.transforms.grid_transforms import ToCanonicalGridd
 from shapeqc.transforms.organ_loading import load_organ_mask
@@ -80,7 +80,7 @@ def test_a_left_kidney_is_mirrored_onto_the_right_one(kits_cases):
 
 
 def test_kits_split_keeps_both_kidneys_of_a_case_together_and_counts_rejects(kits_cases, caplog):
-    with caplog.at_level(logging.INFO, logger="shapeqc.training_data"):
+    with caplog.at_level(logging.INFO, logger="shapeqc.bundle.datalists"):
         train = kits_kidney_split(str(kits_cases.parents[1]), "train")
         val = kits_kidney_split(str(kits_cases.parents[1]), "val")
     train_cases, val_cases = {i["case_id"] for i in train}, {i["case_id"] for i in val}
@@ -104,7 +104,7 @@ def test_lits_split_never_uses_the_identity_header_cases(kits_cases):
 
 def test_spleen_split_rejects_the_truncated_spleen(kits_cases, caplog):
     data = str(kits_cases.parents[1])
-    with caplog.at_level(logging.INFO, logger="shapeqc.training_data"):
+    with caplog.at_level(logging.INFO, logger="shapeqc.bundle.datalists"):
         items = msd_spleen_split(data, "train") + msd_spleen_split(data, "val")
     assert len(items) == 40 and "spleen_26" not in {i["case_id"] for i in items}
     assert "truncated" in caplog.text

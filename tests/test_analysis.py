@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from shapeqc import cli
-from shapeqc.analysis import analyse_organ
-from shapeqc.batch import run_batch
-from shapeqc.bundles import load_bundle
-from shapeqc.thresholds import decide
+from shapeqc.bundle.loading import load_bundle
+from shapeqc.judging.analysis import analyse_organ
+from shapeqc.runs.batch import run_batch
+from shapeqc.scoring.thresholds import decide
 from shapeqc.transforms.volume_io import write_volume
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adrenal_gland"
@@ -124,7 +124,7 @@ def test_resume_after_an_interrupted_run(bundle, clean_inputs, tmp_path):
 
 
 def test_profile_selection_by_spacing():
-    from shapeqc.thresholds import select_profile
+    from shapeqc.scoring.thresholds import select_profile
 
     thresholds = {"profiles": [{"spacing_mm": None, "metrics": {"dice": {"threshold": 0.99}}},
                                {"spacing_mm": [0.8, 0.8, 2.5], "metrics": {"dice": {"threshold": 0.9}}}]}
@@ -137,7 +137,7 @@ def test_profile_selection_by_spacing():
 def test_an_as_given_profile_stands_at_its_data_median_spacing():
     """A bundle calibrated on thick-slice CT masks as given (KiTS: 0.78 x 0.78 x 5 mm) is chosen for such inputs,
     and a 1 mm input meets the re-sliced profile nearer to it, not the as-given one assumed at 1 mm."""
-    from shapeqc.thresholds import select_profile
+    from shapeqc.scoring.thresholds import select_profile
 
     thresholds = {"profiles": [{"spacing_mm": None, "data_spacing_mm": [0.78, 0.78, 5.0], "metrics": {}},
                                {"spacing_mm": [1.0, 1.0, 1.0], "metrics": {}}]}
@@ -149,7 +149,7 @@ def test_an_as_given_profile_stands_at_its_data_median_spacing():
 def test_coarse_to_fine_equals_dense_decoding_on_real_cases(bundle, adrenal_val_masks):
     import torch
 
-    from shapeqc.reconstruction import coarse_to_fine_logits, default_margin, grid_logits
+    from shapeqc.prior.reconstruction import coarse_to_fine_logits, default_margin, grid_logits
     from shapeqc.transforms.corruption import RandPerlinCorruptiond
 
     corrupt = RandPerlinCorruptiond("mask", add_prob=1.0, remove_prob=1.0)
@@ -174,7 +174,7 @@ def test_coarse_to_fine_equals_dense_decoding_on_real_cases(bundle, adrenal_val_
 def test_test_time_refinement_fits_the_input_and_is_reproducible(bundle, adrenal_val_masks):
     import torch
 
-    from shapeqc.refinement import refined_network
+    from shapeqc.prior.refinement import refined_network
     from shapeqc.transforms.boundary_samples import BoundarySampled
 
     item = bundle.to_grid({"mask": adrenal_val_masks[5].astype(np.uint8), "affine": np.eye(4),
@@ -202,7 +202,7 @@ def test_test_time_refinement_fits_the_input_and_is_reproducible(bundle, adrenal
 def test_profile_selection_by_orientation():
     """An oblique input meets a tilted (re-sliced) profile of its spacing, an axis-aligned one the as-given profile;
     spacing still decides first (a coarse axis-aligned input keeps the CT profile)."""
-    from shapeqc.thresholds import obliquity_deg, select_profile
+    from shapeqc.scoring.thresholds import obliquity_deg, select_profile
 
     thresholds = {"profiles": [{"spacing_mm": None, "metrics": {}}, {"spacing_mm": [1.0, 1.0, 1.0], "metrics": {}},
                                {"spacing_mm": [0.8, 0.8, 2.5], "metrics": {}}]}

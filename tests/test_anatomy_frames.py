@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from shapeqc.datasets import headneck_tree_items, label_map_folder_items, paired_label_map_items
-from shapeqc.evaluation.anatomy import pole_correlations, third_moments, world_points
-from shapeqc.training_data import (
+from shapeqc.bundle.datalists import (
     HEADNECK_TREE,
     HIPPOCAMPUS_LABELS,
     KITS_CASES,
@@ -28,6 +26,8 @@ from shapeqc.training_data import (
     MSD_SPLEEN_LABELS,
     adrenalmnist3d_split,
 )
+from shapeqc.bundle.datasets import headneck_tree_items, label_map_folder_items, paired_label_map_items
+from shapeqc.evaluation.anatomy import pole_correlations, third_moments, world_points
 from shapeqc.transforms.errors import SegmentationInputError
 from shapeqc.transforms.organ_loading import load_item_mask, load_organ_mask
 from shapeqc.transforms.volume_io import read_volume

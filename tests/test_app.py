@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from shapeqc.batch import run_batch
-from shapeqc.bundles import load_bundle, load_trained_bundles
+from shapeqc.bundle.loading import load_bundle, load_trained_bundles
+from shapeqc.runs.batch import run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"

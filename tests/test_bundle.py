@@ -14,8 +14,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from shapeqc.bundle_metadata import check_bundle_metadata, metadata_problems
-from shapeqc.thresholds import leave_one_out_fpr
+from shapeqc.bundle.loading import bundle_parser, moved_targets
+from shapeqc.bundle.metadata import check_bundle_metadata, metadata_problems
+from shapeqc.scoring.thresholds import leave_one_out_fpr
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adrenal_gland"
 TINY = ["--grid_size", "32", "--channels", "[4,8,8]", "--hidden", "16", "--num_points", "256", "--num_workers", "0"]
@@ -133,7 +134,7 @@ def test_two_process_distributed_training_on_cpu(tmp_path, adrenal_npz):
 
 def test_new_bundle_is_complete_trainable_and_refused_until_trained(tmp_path, adrenal_npz):
     from shapeqc import cli
-    from shapeqc.bundles import UntrainedBundleError, trained_bundle
+    from shapeqc.bundle.loading import UntrainedBundleError, trained_bundle
 
     out = tmp_path / "kidney_left"
     assert cli.main(["new-bundle", "--organ", "kidney_left", "--from", str(BUNDLE), "--out", str(out),
@@ -195,9 +196,9 @@ def test_evaluating_and_inference_configs_run_on_the_trained_copy(trained_copy, 
 
 def test_shipped_weights_reconstruct_real_val_masks_as_documented(adrenal_npz):
     """Five real val masks: figures at least those in the bundle's metadata (docs/README.md) minus a tolerance."""
-    from shapeqc.bundle_quality import bundle_quality
-    from shapeqc.bundles import trained_bundle
-    from shapeqc.training_data import adrenalmnist3d_split
+    from shapeqc.bundle.datalists import adrenalmnist3d_split
+    from shapeqc.bundle.loading import trained_bundle
+    from shapeqc.training.quality_bars import bundle_quality
 
     documented = trained_bundle(BUNDLE)["eval_metrics"]
     report = bundle_quality(str(BUNDLE), adrenalmnist3d_split(str(adrenal_npz.parents[1]), "val", 5))
@@ -246,3 +247,22 @@ def test_bundle_inference_config_writes_what_shapeqc_analyse_reconstructs(tmp_pa
     bundle_voxels = np.asarray(from_bundle.dataobj) > 0
     assert 2 * (bundle_voxels & (gland > 0)).sum() / (bundle_voxels.sum() + (gland > 0).sum()) > 0.9  # a gland
     assert np.array_equal(bundle_voxels, np.asarray(from_analyse.dataobj) > 0)
+
+
+def test_a_bundle_naming_module_paths_from_before_the_stage_packages_gets_a_clear_error(tmp_path):
+    """A bundle shared before issue 34 names shapeqc.networks / shapeqc.reconstruction: loading it says what to
+    rename, instead of MONAI's 'cannot locate'."""
+    import shutil
+
+    bundle = shutil.copytree(Path(__file__).resolve().parents[1] / "bundles" / "spleen", tmp_path / "spleen")
+    config = bundle / "configs" / "inference.yaml"
+    config.write_text(config.read_text().replace("shapeqc.prior.ifnet.IFNet", "shapeqc.networks.IFNet")
+                      .replace("shapeqc.prior.reconstruction.", "shapeqc.reconstruction."))
+    with pytest.raises(ValueError, match=r"shapeqc\.networks\. -> shapeqc\.prior\.ifnet\.; "
+                                         r"shapeqc\.reconstruction\. -> shapeqc\.prior\.reconstruction\."):
+        bundle_parser(bundle)
+    evaluate = bundle / "configs" / "evaluate.yaml"
+    evaluate.write_text(evaluate.read_text().replace("shapeqc.calibration.profiles.calibrate_profiles",
+                                                     "shapeqc.calibration.calibrate_profiles"))
+    assert moved_targets(bundle, ["evaluate.yaml"]) == [
+        "shapeqc.calibration.calibrate -> shapeqc.calibration.profiles.calibrate"]

@@ -84,8 +84,8 @@ def test_an_attack_is_refused_with_a_dask_scheduler(glands, tmp_path):
 def test_a_worker_refuses_a_copy_changed_after_the_client_loaded_it(glands, tmp_path):
     """The client checked a clean copy; the copy the workers read is changed before they start: each worker
     compares digests before it parses anything, and refuses."""
-    from shapeqc.batch import run_batch
-    from shapeqc.bundles import load_bundle
+    from shapeqc.bundle.loading import load_bundle
+    from shapeqc.runs.batch import run_batch
 
     folder = tmp_path / "shared"
     clean = attack_bundle(folder, "nested_key", tmp_path / "unused")
@@ -112,8 +112,8 @@ def test_a_federated_job_is_refused_for_a_bundle_nobody_vouched_for(tmp_path):
 
 
 def test_a_federated_site_refuses_a_copy_other_than_the_jobs(tmp_path):
-    from shapeqc.federated_client import main
-    from shapeqc.trust import BundleTrustError, bundle_digest
+    from shapeqc.bundle.trust import BundleTrustError, bundle_digest
+    from shapeqc.federated.client import main
 
     marker = tmp_path / "MARKER"
     bundle = attack_bundle(tmp_path, "nested_key", marker)
@@ -159,17 +159,17 @@ def test_trust_bundle_prints_what_the_bundle_runs(glands, tmp_path):
 
 
 def test_the_shipped_digests_are_the_repositorys_bundles():
-    from shapeqc.trust import bundle_digest, shipped_digests
+    from shapeqc.bundle.trust import bundle_digest, shipped_digests
 
     shipped = {entry["name"]: digest for digest, entry in shipped_digests().items()}
     found = {path.parent.parent.name: bundle_digest(path.parent.parent)
              for path in (ROOT / "bundles").glob("*/configs/metadata.json")}
-    assert shipped == found, "a shipped bundle changed: run `python -m shapeqc.trust --write-shipped bundles`"
+    assert shipped == found, "a shipped bundle changed: run `python -m shapeqc.bundle.trust --write-shipped bundles`"
 
 
 def test_a_clean_copy_passes_the_check_and_every_file_counts_in_the_digest(tmp_path):
-    from shapeqc.bundles import load_bundle
-    from shapeqc.trust import bundle_digest
+    from shapeqc.bundle.loading import load_bundle
+    from shapeqc.bundle.trust import bundle_digest
 
     copy = shutil.copytree(BUNDLE, tmp_path / "adrenal_gland")
     assert bundle_digest(copy) == bundle_digest(BUNDLE)
@@ -203,8 +203,8 @@ def test_a_bundle_whose_calibration_was_interrupted_judges_nothing(glands, tmp_p
 
 
 def test_an_interrupted_calibration_leaves_the_thresholds_whole(tmp_path, adrenal_npz):
-    from shapeqc.calibration import calibrate_profiles
-    from shapeqc.training_data import adrenalmnist3d_split
+    from shapeqc.bundle.datalists import adrenalmnist3d_split
+    from shapeqc.calibration.profiles import calibrate_profiles
 
     copy = shutil.copytree(BUNDLE, tmp_path / "adrenal_gland", ignore=shutil.ignore_patterns("docs"))
     before = (copy / "configs" / "thresholds.json").read_bytes()
@@ -222,8 +222,8 @@ def test_an_interrupted_calibration_leaves_the_thresholds_whole(tmp_path, adrena
     (lambda t: t["profiles"][0].update(spacing_mm=[0.8, 0.8]), "three positive numbers"),
 ])
 def test_a_malformed_profile_is_refused_when_the_bundle_loads(tmp_path, change, message):
-    from shapeqc.bundles import load_bundle
-    from shapeqc.trust import BundleTrustError
+    from shapeqc.bundle.loading import load_bundle
+    from shapeqc.bundle.trust import BundleTrustError
 
     copy = shutil.copytree(BUNDLE, tmp_path / "adrenal_gland", ignore=shutil.ignore_patterns("docs"))
     path = copy / "configs" / "thresholds.json"
@@ -275,14 +275,14 @@ def test_resume_runs_again_what_changed(glands, tmp_path):
     copy = shutil.copytree(BUNDLE, tmp_path / "bundle_copy" / "adrenal_gland", ignore=shutil.ignore_patterns("docs"))
     assert cli.main(["analyse", str(inputs), "--bundle", str(copy), "--output", str(out), "--resume",
                      "--organ", "adrenal_gland_right"]) == 0  # another bundle: all again, each with its digest
-    from shapeqc.trust import bundle_digest
+    from shapeqc.bundle.trust import bundle_digest
 
     assert {r["bundle_digest"] for r in _records(out)} == {bundle_digest(copy)}
 
 
 def test_a_folder_locked_by_a_live_run_is_refused_and_free_once_it_dies(glands, tmp_path):
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom shapeqc.batch import OutputLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom shapeqc.runs.journal import OutputLock\n"
                                f"with OutputLock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -326,8 +326,8 @@ def test_federated_simulate_never_removes_the_source_bundle(tmp_path):
 
 
 def test_reviews_match_case_ids_the_export_guarded(glands, tmp_path):
-    from shapeqc.reports import csv_cell
-    from shapeqc.reviews import compare_reviews, read_reviews
+    from shapeqc.outputs.reports import csv_cell
+    from shapeqc.outputs.reviews import compare_reviews, read_reviews
 
     records = [{"case": case, "organ": "adrenal_gland_left", "bundle": "adrenal_gland", "status": status}
                for case, status in (("-p1", "ok"), ("+p2", "outlier"), ("p3", "ok"))]
@@ -342,7 +342,7 @@ def test_reviews_match_case_ids_the_export_guarded(glands, tmp_path):
 
 
 def test_the_qc_benchmark_counts_only_refused_inputs_as_detections(adrenal_val_masks):
-    from shapeqc.bundles import load_bundle
+    from shapeqc.bundle.loading import load_bundle
     from shapeqc.evaluation.protocol import fit_baselines, score_all
 
     bundle = load_bundle(BUNDLE)
@@ -364,7 +364,7 @@ def test_a_cohort_worker_that_cannot_load_the_bundles_leaves(glands, tmp_path):
     case is sent (before the fix, such a worker took cases that all ended as AttributeError)."""
     from distributed import Client, LocalCluster
 
-    from shapeqc.cohort import ShapeQCBundles
+    from shapeqc.runs.cohort import ShapeQCBundles
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shapeqc.thresholds import leave_one_out_fpr, threshold_at
+from shapeqc.scoring.thresholds import leave_one_out_fpr, threshold_at
 
 
 @pytest.mark.parametrize("worse_when, values, expected", [

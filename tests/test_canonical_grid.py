@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shapeqc.metrics import dice
+from shapeqc.scoring.metrics import dice
 from shapeqc.transforms.canonical_grid import (
     CanonicalGrid,
     grid_to_source,

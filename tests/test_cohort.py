@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapeqc.batch import run_batch
-from shapeqc.bundles import load_bundle
+from shapeqc.bundle.loading import load_bundle
+from shapeqc.runs.batch import run_batch
 from shapeqc.transforms.volume_io import write_volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_a_worker_killed_while_it_holds_a_case_loses_nothing(bundle, cohort, tmp
     import dask
     from distributed import Client, LocalCluster
 
-    from shapeqc.cohort import cluster_config
+    from shapeqc.runs.cohort import cluster_config
 
     with dask.config.set(cluster_config(3)), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
@@ -109,16 +109,16 @@ class _PoisonPlugin:
     name = "poison"
 
     def setup(self, worker):
-        import shapeqc.cohort
+        import shapeqc.runs.cohort
 
-        original = shapeqc.cohort.analyse_case
+        original = shapeqc.runs.cohort.analyse_case
 
         def analyse_or_die(case, path, *args, **kwargs):
             if "poison" in str(path):
                 os._exit(13)
             return original(case, path, *args, **kwargs)
 
-        shapeqc.cohort.analyse_case = analyse_or_die
+        shapeqc.runs.cohort.analyse_case = analyse_or_die
 
 
 def test_a_case_that_kills_every_worker_ends_as_an_error_and_the_rest_finish(bundle, cohort, tmp_path):
@@ -132,7 +132,7 @@ def test_a_case_that_kills_every_worker_ends_as_an_error_and_the_rest_finish(bun
         (inputs / name).symlink_to(cohort / name)
     (inputs / "poison.nii.gz").write_bytes((cohort / "clean2" / "adrenal_gland_left.nii.gz").read_bytes())
     plugin = type("Poison", (_PoisonPlugin, WorkerPlugin), {})()
-    from shapeqc.cohort import cluster_config
+    from shapeqc.runs.cohort import cluster_config
 
     with dask.config.set(cluster_config(1)), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \

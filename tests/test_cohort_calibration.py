@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapeqc.cohort_calibration import (
+from shapeqc.runs.cohort_calibration import (
     COHORT_FILE,
     SHIPPED_RECORDS,
     fit_cohort_threshold,

@@ -8,7 +8,7 @@ import torch
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose, CopyItemsd
 
-from shapeqc.datasets import adrenalmnist3d_items
+from shapeqc.bundle.datasets import adrenalmnist3d_items
 from shapeqc.transforms.boundary_samples import BoundarySampled
 from shapeqc.transforms.coordinates import grid_coords_to_voxel
 from shapeqc.transforms.corruption import (

@@ -61,8 +61,8 @@ def test_real_failure_coverage_is_recorded_for_the_current_interval_and_shown_wh
     estimator refitted afterwards would carry a stale figure, which loading refuses."""
     import shutil
 
-    from shapeqc.bundles import BundleTrustError, load_bundle
-    from shapeqc.quality import check_estimator, predict_quality
+    from shapeqc.bundle.loading import BundleTrustError, load_bundle
+    from shapeqc.scoring.quality import check_estimator, predict_quality
 
     bundle = shutil.copytree(ROOT / "bundles" / "kidney", tmp_path / "kidney")
     results = json.loads((bundle / "docs" / "cross_source.json").read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shapeqc.defects import OVER, UNDER, defect_components, difference_map
+from shapeqc.scoring.defects import OVER, UNDER, defect_components, difference_map
 
 
 def test_difference_codes():

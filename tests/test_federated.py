@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from shapeqc.bundles import bundle_datalist, bundle_parser
-from shapeqc.datasets import headneck_tree_items
-from shapeqc.federated import (
+from shapeqc.bundle.datasets import headneck_tree_items
+from shapeqc.bundle.loading import bundle_datalist, bundle_parser
+from shapeqc.federated.client import SITE_RECORD, read_site_datalist
+from shapeqc.federated.job import (
     FederatedRunError,
     SiteDataError,
     simulate,
@@ -19,7 +20,6 @@ from shapeqc.federated import (
     write_federated_bundle,
     write_job,
 )
-from shapeqc.federated_client import SITE_RECORD, read_site_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 PAROTID = REPO / "bundles" / "parotid_gland"

@@ -103,7 +103,7 @@ def test_2_a_second_run_into_the_same_output_is_refused_while_the_first_runs(goo
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-2000:]
     assert len(_strict_json((out / "report.json").read_text())) == 24  # nothing of the first run lost
-    from shapeqc.batch import OutputLock
+    from shapeqc.runs.journal import OutputLock
 
     with OutputLock(out):  # released with the first run (the file stays: removing it is how two runs could race)
         pass
@@ -201,8 +201,8 @@ def test_7_implausible_organs_are_outliers_before_the_prior(tmp_path, shape):
 
 
 def test_8_report_json_is_strict_even_with_infinite_scores(tmp_path):
-    from shapeqc.records import new_record, record_json, records_json
-    from shapeqc.reports import write_reports
+    from shapeqc.outputs.records import new_record, record_json, records_json
+    from shapeqc.outputs.reports import write_reports
 
     record = new_record("case", "in.nii.gz", "adrenal_gland_left", "adrenal_gland")
     record.update(status="outlier", scores={"dice": 0.0, "asd_mm": float("inf"), "hd95_mm": float("nan"),
@@ -251,7 +251,7 @@ def _bundle_copy(tmp_path: Path) -> Path:
 
 
 def test_10_a_bundle_config_that_runs_code_is_refused_unless_trusted(good, tmp_path):
-    from shapeqc.bundles import bundle_digest
+    from shapeqc.bundle.loading import bundle_digest
 
     copy = _bundle_copy(tmp_path)
     marker = tmp_path / "MARKER"
@@ -295,7 +295,7 @@ def test_11_an_anonymous_mask_gets_no_verdict_from_every_bundle(good, tmp_path):
 
 
 def test_13_smaller_items(good, tmp_path):
-    from shapeqc.reports import csv_cell
+    from shapeqc.outputs.reports import csv_cell
 
     shutil.copy(good[0], tmp_path / "=1+2.nii.gz")
     (tmp_path / "empty_folder").mkdir()
@@ -319,7 +319,7 @@ def test_12_clean_oblique_glands_meet_the_tilted_profile(tmp_path, adrenal_val_m
     """Clean 1 mm glands stored with a 2-10 degree obliquity lose a fraction of a voxel at their surface in the
     canonical grid: judged against the axis-aligned threshold most are flagged; the analysis picks the bundle's
     tilted 1 mm profile for them (calibrated on re-sliced glands), where they pass as clean glands should."""
-    from shapeqc.thresholds import decide, load_thresholds, select_profile
+    from shapeqc.scoring.thresholds import decide, load_thresholds, select_profile
     from shapeqc.transforms.reslice import reslice_mask
 
     rng = np.random.default_rng(12)
@@ -345,8 +345,8 @@ def test_13_out_of_memory_is_an_error_record_with_a_reason(tmp_path):
     volume = tmp_path / "big.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((700, 700, 700), np.uint8), np.eye(4)), str(volume))
     probe = ("import resource, sys\n"
-             "from shapeqc.batch import analyse_case\n"
-             "from shapeqc.bundles import load_bundle\n"
+             "from shapeqc.runs.cases import analyse_case\n"
+             "from shapeqc.bundle.loading import load_bundle\n"
              "bundle = load_bundle(sys.argv[2])\n"
              "with open('/proc/self/status') as status:\n"
              "    used = next(int(line.split()[1]) for line in status if line.startswith('VmSize')) * 1024\n"

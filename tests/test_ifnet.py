@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shapeqc.networks import PRESETS, IFNet, ifnet_from_preset
-from shapeqc.reconstruction import OUTSIDE_LOGIT, grid_logits, voxel_centre_coords
+from shapeqc.prior.ifnet import PRESETS, IFNet, ifnet_from_preset
+from shapeqc.prior.reconstruction import OUTSIDE_LOGIT, grid_logits, voxel_centre_coords
 
 
 def _inputs(grid_size=32, batch=2, points=300, seed=0):
@@ -121,7 +121,7 @@ def test_prepared_decoding_equals_plain_decoding(preset, projected):
 def test_mirrored_weights_see_the_mirrored_world_exactly(preset, axes):
     """mirrored_state: the new network on a grid equals the old one on the grid flipped along ``axes`` at the
     mirrored points, to float rounding, through the plain and the prepared decoder (the adrenal 0.6.0 fix)."""
-    from shapeqc.networks.ifnet import mirrored_state
+    from shapeqc.prior.ifnet import mirrored_state
 
     torch.manual_seed(3)
     old = ifnet_from_preset(preset)

@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from shapeqc.batch import discover_cases
-from shapeqc.training_data import headneck_split, label_map_split
+from shapeqc.bundle.datalists import headneck_split, label_map_split
+from shapeqc.runs.cases import discover_cases
 from shapeqc.transforms.errors import EmptyMaskError, UnknownOrganError
 from shapeqc.transforms.organ_loading import LoadOrganMaskd, check_organ_mask, load_organ_mask, organ_file_in
 from shapeqc.transforms.volume_io import read_volume, write_volume
@@ -60,7 +60,7 @@ def test_empty_submandibular_masks_are_reported_not_judged(headneck_tree):
 
 def test_headneck_split_holds_out_whole_scans_and_gives_the_other_rater_of_them(headneck_tree, caplog):
     root = str(headneck_tree)
-    with caplog.at_level(logging.INFO, logger="shapeqc.training_data"):
+    with caplog.at_level(logging.INFO, logger="shapeqc.bundle.datalists"):
         train = headneck_split(root, ["mandible"], "train")
         val = headneck_split(root, ["mandible"], "val")
         other = headneck_split(root, ["mandible"], "other_rater")
@@ -72,7 +72,7 @@ def test_headneck_split_holds_out_whole_scans_and_gives_the_other_rater_of_them(
     assert "8 of 8 cases usable" in caplog.text
     # empty submandibular masks are counted as not judged, never silently missing
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="shapeqc.training_data"):
+    with caplog.at_level(logging.INFO, logger="shapeqc.bundle.datalists"):
         glands = headneck_split(root, ["submandibular_gland_left", "submandibular_gland_right"], "train")
     listed = 2 * 20
     assert len(glands) < listed and f"of {listed} cases usable" in caplog.text and "empty_mask" in caplog.text
@@ -97,7 +97,7 @@ def test_hippocampus_labels_make_one_organ(hippocampus_labels, tmp_path):
 
 
 def test_spinal_cords_cut_by_the_border_are_counted_not_judged(headneck_tree, caplog):
-    with caplog.at_level(logging.INFO, logger="shapeqc.training_data"):
+    with caplog.at_level(logging.INFO, logger="shapeqc.bundle.datalists"):
         usable = headneck_split(str(headneck_tree), ["spinal_cord"], "val")
     assert len(usable) < 8 and "of 8 cases usable" in caplog.text and "'truncated'" in caplog.text
 
@@ -111,7 +111,7 @@ def test_a_relative_data_folder_finds_every_headneck_mask_in_a_fresh_process(hea
     import sys
 
     data = os.path.relpath(headneck_tree.parents[1])
-    code = ("from shapeqc.training_data import headneck_split; "
+    code = ("from shapeqc.bundle.datalists import headneck_split; "
             f"print(len(headneck_split({data!r}, ['parotid_gland_left', 'parotid_gland_right'], 'val')))")
     absolute = headneck_split(str(headneck_tree.parents[1]), ["parotid_gland_left", "parotid_gland_right"], "val")
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -10,9 +10,9 @@ import pytest
 from monai.bundle import ConfigParser
 
 from shapeqc import cli
-from shapeqc.bundle_metadata import check_bundle_metadata
-from shapeqc.bundle_quality import bundle_quality
-from shapeqc.bundles import bundle_datalist, load_trained_bundles, new_bundle, training_corruption_families
+from shapeqc.bundle.loading import bundle_datalist, load_trained_bundles, new_bundle, training_corruption_families
+from shapeqc.bundle.metadata import check_bundle_metadata
+from shapeqc.training.quality_bars import bundle_quality
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -89,9 +89,9 @@ def test_a_folder_of_bundles_skips_an_untrained_one_but_a_named_one_is_refused(t
 def test_calibration_scores_each_item_as_its_own_organ():
     """A left and a right parotid of one held-out scan: calibration scores each as `shapeqc analyse` would (the
     right gland unmirrored), and reads the hippocampus label set."""
-    from shapeqc.analysis import score_organ
-    from shapeqc.bundles import load_bundle
-    from shapeqc.calibration import calibrate
+    from shapeqc.bundle.loading import load_bundle
+    from shapeqc.calibration.profiles import calibrate
+    from shapeqc.judging.analysis import score_organ
     from shapeqc.transforms.organ_loading import load_organ_mask
 
     shared = str(ROOT.parent / "shared" / "data")

@@ -10,7 +10,7 @@ import torch
 from monai.data import CacheDataset, DataLoader, load_decathlon_datalist
 from monai.transforms import Compose
 
-from shapeqc.datasets import (
+from shapeqc.bundle.datasets import (
     adrenalmnist3d_items,
     nifti_folder_items,
     split_items,

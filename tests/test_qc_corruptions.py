@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from shapeqc.evaluation import corruptions as qc
+from shapeqc.calibration import corruptions as qc
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +292,7 @@ def test_benchmark_masks_re_sliced_for_a_ct_profile_keep_room_for_corruptions(ad
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    from shapeqc.bundles import bundle_datalist
+    from shapeqc.bundle.loading import bundle_datalist
     from shapeqc.evaluation.protocol import load_masks
 
     items = bundle_datalist(root / "bundles" / "adrenal_gland", str(adrenal_npz.parents[1]), "validate#datalist")[:2]
@@ -314,7 +314,7 @@ def test_a_ct_profile_swap_is_re_sliced_like_the_clean_mask(adrenal_npz):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    from shapeqc.bundles import bundle_datalist
+    from shapeqc.bundle.loading import bundle_datalist
     from shapeqc.evaluation.protocol import load_masks, on_acquisition_grids, organ_swaps_in_place, swaps_in_place
 
     items = bundle_datalist(root / "bundles" / "adrenal_gland", str(adrenal_npz.parents[1]), "validate#datalist")[:2]
@@ -349,7 +349,7 @@ def test_training_transforms_name_families_of_the_one_registry():
     """The corruption transforms say which benchmark families they train (``families``); every name is a family of
     the one registry, and the calibration's families come from it too."""
     from shapeqc import transforms
-    from shapeqc.calibration import CALIBRATION_FAMILIES
+    from shapeqc.calibration.profiles import CALIBRATION_FAMILIES
 
     named = [f for name in transforms.__all__ for f in getattr(getattr(transforms, name), "families", ())]
     assert len(named) >= 8

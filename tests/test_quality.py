@@ -10,13 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapeqc.analysis import analyse_organ
-from shapeqc.bundles import BundleTrustError, bundle_datalist, load_bundle
-from shapeqc.calibration import calibrate, true_dice
-from shapeqc.evaluation.corruptions import FAMILIES
+from shapeqc.bundle.loading import BundleTrustError, bundle_datalist, load_bundle
+from shapeqc.calibration.corruptions import FAMILIES
+from shapeqc.calibration.profiles import calibrate
 from shapeqc.evaluation.protocol import other_rater_true_dice
 from shapeqc.evaluation.statistics import dice_estimation
-from shapeqc.quality import (
+from shapeqc.judging.analysis import analyse_organ
+from shapeqc.outputs.reports import report_csv
+from shapeqc.outputs.review_page import review_html, worklist_order
+from shapeqc.scoring.metrics import dice as true_dice
+from shapeqc.scoring.quality import (
     QUALITY_FEATURES,
     check_estimator,
     fit_dice_estimator,
@@ -24,8 +27,6 @@ from shapeqc.quality import (
     quality_features,
     rank_value,
 )
-from shapeqc.reports import report_csv
-from shapeqc.review_page import review_html, worklist_order
 from shapeqc.transforms.organ_loading import load_item_mask
 from shapeqc.transforms.volume_io import write_volume
 
@@ -242,7 +243,7 @@ def test_the_stored_coverage_holds_on_families_the_fit_never_saw():
 def test_the_shipped_estimators_record_what_their_stored_organs_give():
     """Every shipped profile's estimator is the fit of its stored calibration organs (refit_quality), and says
     what it measured; where a benchmark measured real model failures too, the lower coverage is what is shown."""
-    from shapeqc.calibration import profile_tag
+    from shapeqc.calibration.profiles import profile_tag
 
     for thresholds_path in sorted((ROOT / "bundles").glob("*/configs/thresholds.json")):
         for profile in json.loads(thresholds_path.read_text())["profiles"]:

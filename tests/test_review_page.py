@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from shapeqc import cli
-from shapeqc.analysis import analyse_organ
-from shapeqc.batch import discover_cases
-from shapeqc.bundles import load_bundle
-from shapeqc.images import image_beside
-from shapeqc.reviews import compare_reviews, read_reviews
+from shapeqc.bundle.loading import load_bundle
+from shapeqc.judging.analysis import analyse_organ
+from shapeqc.outputs.images import image_beside
+from shapeqc.outputs.reviews import compare_reviews, read_reviews
+from shapeqc.runs.cases import discover_cases
 from shapeqc.transforms.volume_io import write_volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +97,8 @@ def test_the_page_in_a_real_browser(reviewed_run, browser, tmp_path):
     page.goto((reviewed_run / "report.html").as_uri())
     rows = page.locator("#worklist tbody tr")
     assert rows.count() == 2
-    # worst first (shapeqc.review_page.worklist_order): both outliers, then by what the adrenal bundle's estimator
-    # measured to rank unseen kinds of error better (rank_by: the raw Dice, the first metric column)
+    # worst first (shapeqc.outputs.review_page.worklist_order): both outliers, then by what the adrenal bundle's
+    # estimator measured to rank unseen kinds of error better (rank_by: the raw Dice, the first metric column)
     assert json.loads((ADRENAL / "configs" / "thresholds.json").read_text())["profiles"][0]["quality_estimator"][
         "rank_by"] == "dice"
     raw = [float(rows.nth(i).locator("td").nth(5).inner_text().split()[0]) for i in range(2)]

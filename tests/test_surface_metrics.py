@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from shapeqc.metrics import occupied_box
-from shapeqc.surface_metrics import shape_scores
+from shapeqc.scoring.metrics import occupied_box
+from shapeqc.scoring.surface_metrics import shape_scores
 from shapeqc.transforms.corruption import RandPerlinCorruptiond
 
 

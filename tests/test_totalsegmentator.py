@@ -111,8 +111,8 @@ def test_a_headerless_map_version_is_detected_once_per_case(totalseg, tmp_path, 
     took 0.65 s on this small map, once per bundle and organ before), and every organ is read as v1."""
     from pathlib import Path
 
-    from shapeqc.batch import analyse_case
-    from shapeqc.bundles import load_trained_bundles
+    from shapeqc.bundle.loading import load_trained_bundles
+    from shapeqc.runs.cases import analyse_case
     from shapeqc.transforms import class_maps
 
     calls = []
@@ -121,10 +121,10 @@ def test_a_headerless_map_version_is_detected_once_per_case(totalseg, tmp_path, 
         calls.append(1)
         return detect_map_version(*args, **kwargs)
 
-    from shapeqc import batch
+    from shapeqc.runs import cases
     from shapeqc.transforms import organ_loading
 
-    for module in (class_maps, batch, organ_loading):  # wherever a caller may hold the name
+    for module in (class_maps, cases, organ_loading):  # wherever a caller may hold the name
         monkeypatch.setattr(module, "detect_map_version", counted, raising=False)
     bundles = load_trained_bundles([Path(__file__).resolve().parents[1] / "bundles"])
     records = analyse_case("v1", str(totalseg / "v1_multilabel_seg.nii.gz"), bundles, tmp_path)

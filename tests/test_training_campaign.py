@@ -17,7 +17,7 @@ BUNDLE = ROOT / "bundles" / "spleen"
 
 
 def session(campaigns: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shapeqc.training_campaign", "--bundle", str(BUNDLE),
+    return subprocess.run([sys.executable, "-m", "shapeqc.training.campaign", "--bundle", str(BUNDLE),
                            "--minutes", "0.25", "--campaigns", str(campaigns), "--dataset-dir", str(SHARED_DATA),
                            *extra], capture_output=True, text=True, timeout=600)
 
@@ -51,7 +51,7 @@ def test_a_second_session_resumes_where_the_first_stopped(tmp_path):
 
 
 def test_a_bundle_whose_training_cannot_stop_on_time_is_refused(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "shapeqc.training_campaign", "--bundle",
+    result = subprocess.run([sys.executable, "-m", "shapeqc.training.campaign", "--bundle",
                              str(ROOT / "bundles" / "adrenal_gland"), "--minutes", "1", "--campaigns", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "time_limit_s" in result.stderr

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shapeqc.training_curve import plot_curve, read_log
+from shapeqc.training.curve import plot_curve, read_log
 
 LOG = """2026-11-24 07:40:16,166 - INFO - Epoch: 1/2, Iter: 1/2 -- train_loss: 0.6944
 2026-11-24 07:40:16,422 - INFO - Epoch: 1/2, Iter: 2/2 -- train_loss: 0.6906

@@ -79,7 +79,7 @@ class RandPerlinCorruptiond(ItemSeeded, RandomizableTransform, MapTransform):
         seed_key: if given, reseed from ``data[seed_key]`` (plus ``base_seed``) on every call: fixed corruptions.
     """
 
-    # the QC benchmark's names (shapeqc.evaluation.corruptions) for what this transform does to training inputs
+    # the QC benchmark's names (shapeqc.calibration.corruptions) for what this transform does to training inputs
     families = ("perlin_add", "perlin_remove")
 
     def __init__(
@@ -186,7 +186,7 @@ class RandPatchCorruptiond(InPlaceGridTransform):
         seed_key: if given, reseed from ``data[seed_key]`` (plus ``base_seed``) on every call: fixed corruptions.
     """
 
-    # the QC benchmark's names (shapeqc.evaluation.corruptions) for what this transform does to training inputs
+    # the QC benchmark's names (shapeqc.calibration.corruptions) for what this transform does to training inputs
     families = ("cube_add", "cube_remove")
 
     def __init__(
@@ -226,7 +226,7 @@ class RandPlaneCutd(InPlaceGridTransform):
         seed_key, base_seed: as :class:`RandPatchCorruptiond`.
     """
 
-    # the QC benchmark's names (shapeqc.evaluation.corruptions) for what this transform does to training inputs
+    # the QC benchmark's names (shapeqc.calibration.corruptions) for what this transform does to training inputs
     families = ("plane_cut",)
 
     def __init__(
@@ -267,7 +267,7 @@ class RandSliceDropd(InPlaceGridTransform):
         seed_key, base_seed: as :class:`RandPatchCorruptiond`.
     """
 
-    # the QC benchmark's names (shapeqc.evaluation.corruptions) for what this transform does to training inputs
+    # the QC benchmark's names (shapeqc.calibration.corruptions) for what this transform does to training inputs
     families = ("dropped_slices",)
 
     def __init__(
@@ -331,7 +331,7 @@ class RandBoundaryShiftd(InPlaceGridTransform):
         seed_key, base_seed: as :class:`RandPatchCorruptiond`.
     """
 
-    # the QC benchmark's names (shapeqc.evaluation.corruptions) for what this transform does to training inputs
+    # the QC benchmark's names (shapeqc.calibration.corruptions) for what this transform does to training inputs
     families = ("dilation", "erosion")
 
     def __init__(

@@ -1,6 +1,6 @@
 """Evaluation of shape priors as QC methods, a tested library used by the calibration and the QC benchmark alike.
 
-- :mod:`shapeqc.evaluation.corruptions`: the one registry of corruption families (seeded generators of the
+- :mod:`shapeqc.calibration.corruptions`: the one registry of corruption families (seeded generators of the
   failure modes a segmenter shows) and the swaps;
 - :mod:`shapeqc.evaluation.baselines`: the simpler QC scores shapeqc is compared with (A-E);
 - :mod:`shapeqc.evaluation.protocol`: clean held-out masks, their corruptions, every method's scores;

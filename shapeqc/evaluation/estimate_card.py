@@ -4,7 +4,7 @@ Three measurements, each on organs the estimator was not fitted on, side by side
 reconstruction) used as the estimate:
 
 - the calibration's own organs, each corruption family left out of the fit in turn (what ``rank_by`` and the
-  coverage the page prints come from: ``configs/thresholds.json``, :mod:`shapeqc.quality`);
+  coverage the page prints come from: ``configs/thresholds.json``, :mod:`shapeqc.scoring.quality`);
 - the QC benchmark's 12 families (``docs/qc_quality.json``, ``docs/ct_profile/qc_quality.json``): the shipped
   estimator on corrupted held-out organs, half of whose families calibration never drew;
 - real model failures (``docs/cross_source.json``, ``benchmarks/cross_source.py``) where the bundle has them.

@@ -1,7 +1,7 @@
 """The QC benchmark's protocol: real clean masks, seeded corruptions and swaps of them, and every method's score.
 
 Clean cases are real masks the bundle never trained on (its ``validate#datalist``); corrupted cases are every
-family of :mod:`shapeqc.evaluation.corruptions` at each severity, seeded per case, family and severity, plus two
+family of :mod:`shapeqc.calibration.corruptions` at each severity, seeded per case, family and severity, plus two
 swaps: ``swap`` (another val subject's organ in place) and ``swap_organ`` (another organ's real shape scaled to the
 organ's volume). Every case is scored by shapeqc's four metrics (through the bundle's own pipeline) and by the
 baselines of :mod:`shapeqc.evaluation.baselines` fitted on the training split. ``benchmarks/qc_quality.py`` is
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shapeqc.evaluation import corruptions as qc
+from shapeqc.calibration import corruptions as qc
+from shapeqc.scoring.metrics import dice
 from shapeqc.transforms.errors import SegmentationInputError
 
 SHAPEQC = {"shapeqc_dice": "dice", "shapeqc_asd": "asd_mm", "shapeqc_hd95": "hd95_mm", "shapeqc_max_sd": "max_sd_mm"}
@@ -45,7 +46,7 @@ def load_masks(items: list[dict], limit: int | None,
                spacing_mm: tuple[float, float, float] | None = None) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
     """(case id, mask (D, H, W) bool cropped around the organ, affine (4, 4) RAS, organ) per datalist item; with
     ``spacing_mm``, re-sliced as acquired at that voxel size (tilt seeded by the case id, 12 voxels of room)."""
-    from shapeqc.calibration import acquisition
+    from shapeqc.calibration.profiles import acquisition
     from shapeqc.transforms.organ_loading import LoadOrganMaskd
 
     load = LoadOrganMaskd("mask")
@@ -72,8 +73,7 @@ def other_rater_true_dice(bundle_dir: Path, data: str) -> dict[str, float]:
     whose ``plausible#datalist`` is another rater's masks of its validation scans (head and neck): the true Dice
     of a real, plausible segmentation, a test set for the predicted Dice that no corruption generator made. Only
     pairs on one voxel grid (same shape and affine) count; {} for a bundle without such a set."""
-    from shapeqc.bundles import bundle_datalist
-    from shapeqc.metrics import dice
+    from shapeqc.bundle.loading import bundle_datalist
     from shapeqc.transforms.organ_loading import load_item_mask
 
     reference = {(item.get("scan"), item.get("organ")): item
@@ -127,7 +127,7 @@ def corrupted_cases(clean, families: list[str], swaps: dict[str, list[np.ndarray
                 cases.append({"case": case_id, "family": name, "params": kwargs, "mask": corrupted,
                               "affine": affine, "clean": mask, "organ": organ,
                               "volume_change": qc.volume_change(mask, corrupted),
-                              "true_dice": float(2 * (corrupted & mask).sum() / max(corrupted.sum() + mask.sum(), 1))})
+                              "true_dice": dice(corrupted, mask)})
     return cases
 
 
@@ -182,10 +182,10 @@ def on_acquisition_grids(placed, clean_as_given, clean_acquired) -> list[np.ndar
 
 
 def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, organ: str) -> dict:
-    from shapeqc.analysis import score_organ
     from shapeqc.evaluation.baselines import shape_descriptors, volume_ml
-    from shapeqc.metrics import occupied_box
-    from shapeqc.quality import quality_features
+    from shapeqc.judging.analysis import score_organ
+    from shapeqc.scoring.metrics import occupied_box
+    from shapeqc.scoring.quality import quality_features
     from shapeqc.transforms.organ_loading import check_organ_mask
 
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
@@ -196,7 +196,7 @@ def score_all(bundle, baselines: dict, mask: np.ndarray, affine: np.ndarray, org
         scores.update({method: shape_scores[metric] for method, metric in SHAPEQC.items()})
         scores["shapeqc_status"] = "judged"
         box = occupied_box(mask, reconstruction)
-        # what the predicted Dice is made of (shapeqc.quality), kept so estimators can be judged on stored runs
+        # what the predicted Dice is made of (shapeqc.scoring.quality), kept so estimators can be judged on stored runs
         scores["quality_features"] = quality_features(mask[box], reconstruction[box], shape_scores)
     except SegmentationInputError as error:
         # an input shapeqc refuses to judge (truncated, empty, ...): what analysis records as not_judged, counted as
@@ -246,7 +246,7 @@ def score_run(bundle_dir: Path, data: str, cases: int | None = 30, train_limit: 
     ``families``: "all" (every registry family and both swaps) or comma-separated names; ``spacing``: re-slice
     every mask as a CT acquisition at this voxel size (mm) first; ``swap_organ_from``: the bundle whose val
     masks are the other organ (default :func:`organ_swap_source`)."""
-    from shapeqc.bundles import bundle_datalist, load_bundle
+    from shapeqc.bundle.loading import bundle_datalist, load_bundle
 
     bundle_dir = Path(bundle_dir)
     spacing = tuple(spacing) if spacing else None

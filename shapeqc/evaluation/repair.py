@@ -1,6 +1,6 @@
 """Repair: how much of a corruption a shape prior undoes, the training target watched in issue 32.
 
-For a held-out organ on the bundle's canonical grid, each corruption family of :mod:`shapeqc.evaluation.corruptions`
+For a held-out organ on the bundle's canonical grid, each corruption family of :mod:`shapeqc.calibration.corruptions`
 at each severity (seeded by case, family and severity) is applied to the clean grid mask; the prior reconstructs
 the corrupted mask with the bundle's own inferer. Then
 
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shapeqc.evaluation.corruptions import FAMILIES
-from shapeqc.metrics import dice
+from shapeqc.calibration.corruptions import FAMILIES
+from shapeqc.scoring.metrics import dice
 
 CLEAN = "clean"
 
@@ -39,7 +39,7 @@ def held_out_grids(bundle_dir: str | Path, dataset_dir: str, limit: int | None =
     (``validate#datalist`` without its limit), the first ``limit`` of them."""
     from monai.transforms import Compose
 
-    from shapeqc.bundles import TRAINING_CONFIGS, bundle_parser
+    from shapeqc.bundle.loading import TRAINING_CONFIGS, bundle_parser
 
     # one parser gives both the grid transforms and the whole held-out split (no case limits)
     parser = bundle_parser(bundle_dir, TRAINING_CONFIGS, dataset_dir=dataset_dir,
@@ -97,7 +97,7 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
     share of rows with repair > 0 and ``qc_auroc`` (the family's corrupted organs against the clean ones, on
     1 - ``qc_dice``: how well the grid score alone tells them apart); plus ``mean_repair`` over every corruption
     row and ``mean_qc_auroc`` over the families."""
-    from shapeqc.evaluation.statistics import auroc
+    from shapeqc.scoring.roc import auroc
 
     by_family: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
@@ -122,7 +122,7 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
 def bundle_reconstructor(bundle_dir: str | Path, weights: str | Path | None = None, overrides: dict | None = None):
     """(R, R, R) bool -> (R, R, R) bool with the bundle's network (its ``models/model.pt`` or ``weights``: a
     state dict or a trainer checkpoint holding ``model``) and inferer, on the CPU."""
-    from shapeqc.bundles import INFERENCE_CONFIGS, bundle_parser
+    from shapeqc.bundle.loading import INFERENCE_CONFIGS, bundle_parser
 
     parser = bundle_parser(bundle_dir, INFERENCE_CONFIGS, device="$torch.device('cpu')", **(overrides or {}))
     network = parser.get_parsed_content("network_def")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write rows and summary as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from shapeqc.bundles import parse_overrides
+    from shapeqc.bundle.loading import parse_overrides
 
     overrides = parse_overrides(args.set)
     start = time.perf_counter()

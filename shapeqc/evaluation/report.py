@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shapeqc.evaluation.statistics import METHODS, badness, roc_points, wilson_interval
+from shapeqc.evaluation.statistics import METHODS, method_badness
+from shapeqc.scoring.roc import roc_points, wilson_interval
 
 
 def markdown(result: dict) -> str:
@@ -141,8 +142,8 @@ def plot_roc(cases: list[dict], clean_scores: list[dict], out_path: Path) -> Non
 
     figure, axis = plt.subplots(figsize=(6, 5), dpi=100)
     for method in METHODS:
-        fpr, tpr = roc_points(badness(method, [c["scores"][method] for c in cases]),
-                              badness(method, [s[method] for s in clean_scores]))
+        fpr, tpr = roc_points(method_badness(method, [c["scores"][method] for c in cases]),
+                              method_badness(method, [s[method] for s in clean_scores]))
         axis.plot(fpr, tpr, label=method)
     axis.set_xlabel("false-positive rate (clean)")
     axis.set_ylabel("detection rate (all corrupted cases)")

@@ -4,7 +4,7 @@ Definitions follow the libraries where they are the same: AUROC is MONAI's ``com
 U statistic, ties counted half), the false-positive rate's interval is scipy's Wilson interval
 (``binomtest(...).proportion_ci(method="wilson")``), correlations are scipy's. A method's threshold in the tables
 is its 95th percentile of badness on the clean cases (5% false positives), as the calibration's quantile rule
-(:func:`shapeqc.thresholds.threshold_at`) sets the shipped one.
+(:func:`shapeqc.scoring.thresholds.threshold_at`) sets the shipped one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from shapeqc.evaluation.protocol import SCORED
+from shapeqc.scoring.roc import auroc, wilson_interval
+from shapeqc.scoring.thresholds import badness, is_worse
 
 # scores made of two scored ones, each put on the scale of its own clean cases (median -> 0, 95th percentile -> 1)
 # and the larger taken: flagged when either part is past its 5% cut. Fixed before looking at corrupted cases.
@@ -22,46 +24,20 @@ COMBINED = {"shapeqc_dice_or_B": ("shapeqc_dice", "B_descriptors")}
 METHODS = (*SCORED, *COMBINED)
 
 
-def auroc(positives, negatives) -> float:
-    """Area under the ROC curve for 'positives (P,) score higher than negatives (N,)', ties counted half:
-    MONAI's ``compute_roc_auc``, which equals the Mann-Whitney U statistic over P * N."""
-    import torch
-    from monai.metrics import compute_roc_auc
-
-    positives, negatives = np.asarray(positives, float).ravel(), np.asarray(negatives, float).ravel()
-    scores = torch.from_numpy(np.concatenate([positives, negatives]))
-    labels = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))])
-    return float(compute_roc_auc(scores, labels))
+def worse_when(method: str) -> str:
+    """Which way a benchmark method's score is worse (:func:`shapeqc.scoring.thresholds.badness` orients it):
+    shapeqc's Dice falls, every other score grows."""
+    return "below" if method == "shapeqc_dice" else "above"
 
 
-def roc_points(positives, negatives) -> tuple[np.ndarray, np.ndarray]:
-    """(false-positive rates, detection rates) of every cut on badness scores (larger = worse), for ROC plots."""
-    positives, negatives = np.asarray(positives, float), np.asarray(negatives, float)
-    cuts = np.unique(np.concatenate([positives, negatives, [np.inf]]))[::-1]
-    return (np.array([(negatives >= c).mean() for c in cuts]), np.array([(positives >= c).mean() for c in cuts]))
-
-
-def wilson_interval(flagged: int, cases: int) -> tuple[float, float]:
-    """95% Wilson score interval of a rate ``flagged / cases``: how far a false-positive rate measured on this many
-    clean cases can sit from the true one."""
-    from scipy.stats import binomtest
-
-    if cases == 0:
-        return 0.0, 1.0
-    interval = binomtest(int(flagged), int(cases)).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(interval.low), float(interval.high)
-
-
-def badness(method: str, values) -> np.ndarray:
-    """A benchmark method's scores (N,) with larger = worse: shapeqc's Dice falls, every other score grows."""
-    from shapeqc.thresholds import badness as oriented
-
-    return oriented(method, values, "below" if method == "shapeqc_dice" else "above")
+def method_badness(method: str, values) -> np.ndarray:
+    """A benchmark method's scores (N,) with larger = worse (:func:`shapeqc.scoring.thresholds.badness`)."""
+    return badness(method, values, worse_when(method))
 
 
 def clean_scale(method: str, reference: list[dict]) -> tuple[float, float]:
     """(median, 95th percentile - median) of ``method``'s badness over the finite clean scores ``reference``."""
-    values = badness(method, [s[method] for s in reference])
+    values = method_badness(method, [s[method] for s in reference])
     values = values[np.isfinite(values)]
     median = float(np.median(values))
     return median, max(float(np.quantile(values, 0.95)) - median, 1e-9)
@@ -72,7 +48,7 @@ def add_combined_scores(clean_scores: list[dict], corrupted_scores: list[dict]) 
     scale of the other clean cases (leave one out), so that its own score does not set the scale it is judged by;
     a corrupted case on the scale of all clean cases. Larger means more likely wrong."""
     def combined(parts, scores, scales):
-        return max((badness(m, [scores[m]])[0] - scales[m][0]) / scales[m][1] for m in parts)
+        return max((method_badness(m, [scores[m]])[0] - scales[m][0]) / scales[m][1] for m in parts)
 
     for name, parts in COMBINED.items():
         # each reference set's scales computed once: the other clean cases per clean case, all of them otherwise
@@ -88,18 +64,14 @@ def add_combined_scores(clean_scores: list[dict], corrupted_scores: list[dict]) 
 
 
 def shipped_profile(bundle_dir: str | Path, spacing: list[float] | None, required: bool = True) -> dict | None:
-    """The threshold profile of ``bundle_dir/configs/thresholds.json`` that ``shapeqc analyse`` would apply to masks
-    of ``spacing`` (mm; None: 1 mm as given). Without one: ValueError naming the folder, or None if not
-    ``required``."""
-    from shapeqc.thresholds import load_thresholds, select_profile
+    """The threshold profile of ``bundle_dir/configs/thresholds.json`` that applies to the benchmark's masks:
+    ``spacing`` None, the masks as given (:func:`shapeqc.scoring.thresholds.select_profile` with ``as_given``);
+    else masks re-sliced at ``spacing`` mm with a seeded tilt (oblique). Without one: ValueError naming the folder,
+    or None if not ``required``."""
+    from shapeqc.scoring.thresholds import load_thresholds, select_profile
 
-    thresholds = load_thresholds(bundle_dir)
-    # masks as given are judged against the profile calibrated on them (as given), whatever their voxel size: a CT
-    # bundle's masks (0.8 x 0.8 x 5 mm spleens) are not 1 mm, and the nearest profile to 1 mm may be the CT one
-    as_given = [p for p in (thresholds or {}).get("profiles", []) if p.get("spacing_mm") is None]
-    # a --spacing run re-slices every mask with a seeded tilt: oblique, as the tilted profiles were calibrated
-    profile = (as_given[0] if spacing is None and as_given else
-               select_profile(thresholds, tuple(spacing) if spacing else (1.0, 1.0, 1.0), oblique=bool(spacing)))
+    profile = select_profile(load_thresholds(bundle_dir), tuple(spacing) if spacing else (1.0, 1.0, 1.0),
+                             oblique=bool(spacing), as_given=spacing is None)
     if profile is None and required:
         raise ValueError(f"{bundle_dir}: no configs/thresholds.json; calibrate the bundle first")
     return profile
@@ -128,15 +100,15 @@ def _estimation_rows(scored: dict) -> list[dict]:
 
 def dice_estimation(scored: dict, estimator: dict | None = None, coverage: float = 0.9, seed: int = 0) -> dict:
     """The predicted Dice judged on corruption families it was not fitted on (issue 22): for each family F, the
-    estimator (:func:`shapeqc.quality.fit_dice_estimator`) is fitted on the clean cases and every other family and
-    predicts F's cases. Reported over all families' held-out predictions: Pearson r, Spearman, MAE and the
+    estimator (:func:`shapeqc.scoring.quality.fit_dice_estimator`) is fitted on the clean cases and every other family
+    and predicts F's cases. Reported over all families' held-out predictions: Pearson r, Spearman, MAE and the
     interval's coverage, against the raw Dice(input, reconstruction) and against baseline B (shape descriptors'
     Mahalanobis distance) regressed the same way; and per family the outlier AUROC with the estimate as the score
     (clean cases predicted out of fold, by whole cases) beside the raw Dice's. With ``estimator`` (the bundle's
     shipped one, fitted by its calibration), its predictions of every corrupted case too. {} without features
     (a run from before they were stored). Every prediction comes from a model that saw neither the family nor the
     case (folds of cases inside each left-out family)."""
-    from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, predict_quality
+    from shapeqc.scoring.quality import estimate_quality_metrics, fit_dice_estimator, predict_quality
 
     rows = _estimation_rows(scored)
     families = sorted({r["family"] for r in rows} - {"clean"})
@@ -214,7 +186,7 @@ def other_rater_estimation(scored: dict, rows: list[dict], features: list[dict],
     """The predicted Dice of another rater's real masks (``scored["plausible_true_dice"]``, see
     :func:`shapeqc.evaluation.protocol.other_rater_true_dice`): an estimator fitted on every clean and corrupted
     case of the run, and the bundle's shipped one, against the raw Dice. {} without such masks."""
-    from shapeqc.quality import estimate_quality_metrics, fit_dice_estimator, predict_quality
+    from shapeqc.scoring.quality import estimate_quality_metrics, fit_dice_estimator, predict_quality
 
     true_dice = scored.get("plausible_true_dice") or {}
     judged = [p for p in scored.get("plausible_scores", []) if p["case"] in true_dice
@@ -248,19 +220,20 @@ def tabulate(scored: dict) -> dict:
     clean_scores = [c["scores"] for c in scored["clean_scores"]]
     plausible_scores = [c["scores"] for c in scored["plausible_scores"]]
     add_combined_scores(clean_scores, [c["scores"] for c in cases] + plausible_scores)
-    cut = {m: np.quantile(badness(m, [s[m] for s in clean_scores]), 0.95) for m in METHODS}
+    cut = {m: np.quantile(method_badness(m, [s[m] for s in clean_scores]), 0.95) for m in METHODS}
 
     def below_shipped(scores: list[dict]) -> float | None:
         """Fraction of ``scores`` whose Dice falls below the shipped threshold (None: no threshold known)."""
-        return None if shipped is None else float(np.mean([s["shapeqc_dice"] < shipped for s in scores]))
+        return None if shipped is None else float(np.mean(is_worse(np.array([s["shapeqc_dice"] for s in scores]),
+                                                                   shipped, "below")))
 
     clean_fpr_shipped = below_shipped(clean_scores)
 
     def summary(selected: list[dict]) -> dict:
         row = {"cases": len(selected), "volume_change": float(np.median([c["volume_change"] for c in selected]))}
         for method in METHODS:
-            positives = badness(method, [c["scores"][method] for c in selected])
-            negatives = badness(method, [s[method] for s in clean_scores])
+            positives = method_badness(method, [c["scores"][method] for c in selected])
+            negatives = method_badness(method, [s[method] for s in clean_scores])
             row[method] = {"auroc": auroc(positives, negatives), "detection": float(np.mean(positives > cut[method]))}
         row["shapeqc_dice"]["detection_shipped"] = below_shipped([c["scores"] for c in selected])
         return row
@@ -308,9 +281,9 @@ def tabulate(scored: dict) -> dict:
         other = {"cases": len(plausible_scores),
                  "fpr_at_shipped_threshold": below_shipped(plausible_scores)}
         for method in METHODS:
-            values = badness(method, [s[method] for s in plausible_scores])
+            values = method_badness(method, [s[method] for s in plausible_scores])
             other[method] = {"fpr": float(np.mean(values > cut[method])),
-                             "auroc_vs_clean": auroc(values, badness(method, [s[method] for s in clean_scores]))}
+                             "auroc_vs_clean": auroc(values, method_badness(method, [s[method] for s in clean_scores]))}
     return {key: scored[key] for key in ("bundle", "command", "spacing_mm", "threshold_profile")} | {
         "clean_cases": len(clean_scores), "corrupted_cases": len(cases), "plausible_set": other,
         "trained_families": scored["trained_families"], "train_masks": scored["train_masks"],

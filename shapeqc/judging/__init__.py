@@ -1,0 +1,1 @@
+"""Judging one organ: reconstruct, score, decide, locate defects and write its record."""

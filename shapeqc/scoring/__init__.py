@@ -1,0 +1,2 @@
+"""The numbers of one organ: Dice and surface distances, thresholds and decisions, the predicted Dice, defects, ROC
+statistics."""

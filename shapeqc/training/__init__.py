@@ -1,0 +1,1 @@
+"""Training a bundle's prior: campaigns across sessions, training curves, quality bars."""

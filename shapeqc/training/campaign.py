@@ -1,0 +1,142 @@
+"""A training campaign: a bundle's prior trained across sessions, each resuming from the last committed trainer
+checkpoint (issue 32).
+
+A session of this project's machines stops after 180 minutes, and a prior that converges needs more. So each
+session runs the bundle's own training workflow (``python -m monai.bundle run training`` with its
+``configs/train.yaml``, the same command a site runs) for ``--minutes`` on one thread, resuming from
+``docs/training/<bundle>/checkpoint.pt`` (model, optimiser and trainer state: ignite continues at the saved epoch
+and iteration), and then keeps in that folder, for the next session and for git:
+
+- ``checkpoint.pt``: the newest trainer checkpoint (the last finished epoch);
+- ``best_model.pt``: the weights with the best validation Dice of this session;
+- ``train.log``: every session's log, appended;
+- ``campaign.json``: the recipe (the config overrides every session uses), and per session its start, minutes,
+  device, first and last iteration and validation curve; totals of iterations and hours.
+
+    OMP_NUM_THREADS=1 python -m shapeqc.training.campaign --bundle bundles/kidney --minutes 90 \
+        --set "network_def#input_resolution_features=False" num_points=2500
+
+The recipe (``--set``) is fixed by the first session and must be the same in every later one (a checkpoint of one
+network does not load into another); the weights reach the bundle's ``models/model.pt`` only when it is recalibrated
+and shipped (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+CAMPAIGNS = ROOT / "docs" / "training"
+VALIDATION = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)")
+
+
+def load_campaign(folder: Path, bundle_name: str, overrides: dict) -> dict:
+    """The campaign's state in ``folder``; a new one with ``overrides`` as its recipe, or the stored one, which
+    must agree."""
+    path = folder / "campaign.json"
+    if not path.exists():
+        return {"bundle": bundle_name, "recipe": overrides, "sessions": [], "iterations": 0, "hours": 0.0}
+    campaign = json.loads(path.read_text())
+    if overrides and overrides != campaign["recipe"]:
+        raise SystemExit(f"the campaign in {path.parent} trains the recipe {campaign['recipe']}, not {overrides}: "
+                         "start a new campaign folder for another recipe")
+    return campaign
+
+
+def trainer_iteration(checkpoint: Path) -> tuple[int, int]:
+    """(epoch, iteration) stored in a trainer checkpoint (ignite keeps the iteration and the epoch length)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["trainer"]
+    iteration = int(state["iteration"])
+    return iteration // max(int(state["epoch_length"] or 1), 1), iteration
+
+
+def run_session(folder: Path, bundle: Path, campaign: dict, dataset_dir: str, minutes: float,
+                threads: int = 1) -> dict:
+    """One session of ``campaign`` (:func:`load_campaign`), kept in ``folder`` (module doc); returns its entry in
+    ``campaign.json``."""
+    import yaml
+
+    if "time_limit_s" not in yaml.safe_load((bundle / "configs" / "train.yaml").read_text()):
+        raise SystemExit(f"{bundle / 'configs' / 'train.yaml'} has no time_limit_s (ignite TimeLimit): a session "
+                         "could not stop on time; add it as the kidney, liver and spleen bundles have it")
+    folder.mkdir(parents=True, exist_ok=True)
+    # the recipe is on disk before training starts: a session killed midway leaves a checkpoint and its recipe
+    (folder / "campaign.json").write_text(json.dumps(campaign, indent=1))
+    checkpoint = folder / "checkpoint.pt"
+    start_epoch, start_iteration = trainer_iteration(checkpoint) if checkpoint.exists() else (0, 0)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix=f"campaign_{bundle.name}_") as run_dir:
+        command = [sys.executable, "-m", "monai.bundle", "run", "training", "--bundle_root", str(bundle),
+                   "--meta_file", str(bundle / "configs" / "metadata.json"),
+                   "--config_file", str([str(bundle / "configs" / "inference.yaml"),
+                                         str(bundle / "configs" / "train.yaml")]),
+                   "--dataset_dir", dataset_dir, "--num_workers", "0", "--epochs", "100000",
+                   "--time_limit_s", str(int(minutes * 60)), "--ckpt_dir", run_dir, "--output_dir", run_dir]
+        if checkpoint.exists():
+            command += ["--resume_from", str(checkpoint)]
+        for key, value in campaign["recipe"].items():
+            command += [f"--{key}", repr(value)]
+        environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        log_path = Path(run_dir) / "session.log"
+        with open(log_path, "w") as log:
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, check=False)
+        log_text = log_path.read_text()
+        with open(folder / "train.log", "a") as log:
+            log.write(f"\n===== session {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))} =====\n")
+            log.write("\n".join(line for line in log_text.splitlines()
+                                 if "Warning" not in line and "Loading dataset" not in line) + "\n")
+        # kept even when the run failed or was killed: the epochs it finished are not lost
+        newest = sorted(Path(run_dir).glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1]))
+        if newest:
+            shutil.copyfile(newest[-1], checkpoint)
+        if (Path(run_dir) / "model.pt").exists():
+            shutil.copyfile(Path(run_dir) / "model.pt", folder / "best_model.pt")
+        if result.returncode != 0:
+            raise SystemExit(f"training failed (exit {result.returncode}); its log: {folder / 'train.log'}")
+    end_epoch, end_iteration = trainer_iteration(checkpoint) if checkpoint.exists() else (0, 0)
+    seconds = time.time() - started
+    session = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)), "minutes": seconds / 60,
+               "device": f"cpu, {threads} thread(s)" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+               "epochs": [start_epoch, end_epoch], "iterations": [start_iteration, end_iteration],
+               "validation": [[int(e), float(v)] for e, v in VALIDATION.findall(log_text)]}
+    campaign["sessions"].append(session)
+    campaign["iterations"] = end_iteration
+    campaign["hours"] = campaign.get("hours", 0.0) + seconds / 3600
+    (folder / "campaign.json").write_text(json.dumps(campaign, indent=1))
+    return session
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shapeqc.bundle.loading import parse_overrides
+
+    parser = argparse.ArgumentParser(description="One session of a bundle's training campaign.")
+    parser.add_argument("--bundle", required=True, type=Path)
+    parser.add_argument("--dataset-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--minutes", type=float, required=True, help="training time of this session")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--campaigns", type=Path, default=CAMPAIGNS,
+                        help="folder holding one campaign folder per bundle (default docs/training)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides: the campaign's recipe (first session; later ones must agree)")
+    args = parser.parse_args(argv)
+    bundle = args.bundle.resolve()
+    folder = args.campaigns / bundle.name
+    campaign = load_campaign(folder, bundle.name, parse_overrides(args.set))
+    session = run_session(folder, bundle, campaign, args.dataset_dir, args.minutes, args.threads)
+    print(json.dumps(session))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
