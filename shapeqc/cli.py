@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -91,7 +92,10 @@ def _analyse(args: argparse.Namespace) -> int:
     from shapeqc.bundle.loading import BundleTrustError, load_bundle, load_trained_bundles
     from shapeqc.runs.batch import ImageArgumentError, run_batch
     from shapeqc.runs.journal import OutputInUseError, OutputLockedError
+    from shapeqc.runs.threads import WAIT_POLICY, threads_for, use_threads
 
+    # in this process: the cores it may use, or --threads; Dask workers are set by run_batch
+    threads = use_threads(args.threads) if not args.scheduler else threads_for(threads=args.threads)
     device = args.device
     if device == "auto":
         import torch
@@ -109,7 +113,8 @@ def _analyse(args: argparse.Namespace) -> int:
         raise SystemExit(f"shapeqc analyse: {error}") from None
     if not bundles:
         raise SystemExit("shapeqc analyse: no trained bundle; give --bundle DIR (repeatable) or --bundles FOLDER")
-    where = f"Dask scheduler {args.scheduler}" if args.scheduler else "this process"
+    where = (f"Dask scheduler {args.scheduler}" if args.scheduler
+             else f"this process, {threads} thread(s), OpenMP waiting {os.environ.get(WAIT_POLICY, '?').lower()}")
     print(f"shapeqc analyse on {device} in {where}: {len(bundles)} bundle(s)", file=sys.stderr)
     for bundle in bundles:
         print(f"  {bundle.name} {bundle.metadata.get('version', '?')} sha256 {bundle.digest} ({bundle.trust})",
@@ -118,7 +123,8 @@ def _analyse(args: argparse.Namespace) -> int:
     try:
         records = run_batch(args.inputs, bundles, args.output, organ=args.organ, resume=args.resume,
                             map_version=args.map_version, scheduler=args.scheduler, retries=args.retries,
-                            notes=notes, image=args.image, overwrite=args.overwrite)
+                            notes=notes, image=args.image, overwrite=args.overwrite,
+                            threads=args.threads if args.scheduler else None)
     except (OutputLockedError, OutputInUseError, ImageArgumentError, BundleTrustError) as error:
         raise SystemExit(f"shapeqc analyse: {error}") from None
     for note in notes:
@@ -148,6 +154,9 @@ def _calibrate(args: argparse.Namespace) -> int:
                          "(a finished run on its own scores)")
     from shapeqc.bundle.datalists import adrenalmnist3d_split, datalist_split
     from shapeqc.calibration.profiles import calibrate
+    from shapeqc.runs.threads import use_threads
+
+    use_threads(args.threads)
 
     if args.data.endswith(".json"):
         items = datalist_split(args.data, args.split, args.limit)
@@ -311,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--scheduler", default=None, metavar="local:N | tcp://HOST:PORT",
                          help="run each case as a Dask task: local:N starts N worker processes here, an address "
                               "uses a running Dask cluster (pip install shapeqc[cluster]); default: this process")
+    analyse.add_argument("--threads", type=int, default=None,
+                         help="torch threads (default: the cores this process may use; with --scheduler, per "
+                              "worker: local:N shares them out, a running cluster's workers use 1)")
     analyse.add_argument("--retries", type=int, default=3,
                          help="with --scheduler: times a case is re-run after its worker died (default 3)")
     analyse.add_argument("--trust-bundle", action="append", metavar="PATH",
@@ -337,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--limit", type=int, default=None)
     calibrate.add_argument("--refine-steps", type=int, default=0, help="test-time refinement steps per case")
     calibrate.add_argument("--dry-run", action="store_true", help="report only; write no thresholds")
+    calibrate.add_argument("--threads", type=int, default=None,
+                           help="torch threads (default: the cores this process may use)")
     calibrate.add_argument("--refit-quality", action="store_true",
                            help="refit the bundle's quality estimators from its stored calibration organs "
                                 "(docs/calibration_*.json); thresholds and reconstructions untouched")
@@ -395,6 +409,9 @@ def _reviews(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # `--help` ends here, before torch or MONAI is imported
+    from shapeqc.runs.threads import passive_waiting
+
+    passive_waiting()  # before the first torch import, the only moment OpenMP reads its wait policy
     from shapeqc.transforms.errors import SegmentationInputError
 
     try:

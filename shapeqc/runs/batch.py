@@ -31,7 +31,8 @@ class ImageArgumentError(ValueError):
 def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLike, organ: str | None = None,
               resume: bool = False, map_version: str = "auto", progress: bool = True,
               scheduler: str | None = None, retries: int = 3, notes: list[str] | None = None,
-              client=None, image: str | None = None, overwrite: bool = False) -> list[Record]:
+              client=None, image: str | None = None, overwrite: bool = False,
+              threads: int | None = None) -> list[Record]:
     """Analyse every case; write per-organ outputs, ``records.jsonl`` and the report files; return the records.
 
     One run owns ``out_dir`` (:class:`OutputLock`), and a folder keeps its records: a folder holding an earlier
@@ -44,7 +45,9 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
     ``distributed.Client`` instead), ``retries`` times re-run when its worker dies. Either way this process
     journals each finished case as it arrives. ``notes`` collects what discovery passed over (empty folders,
     links followed once, other files) and what resume re-ran. ``image``: the image of the single case given
-    (ImageArgumentError for several cases); otherwise each case's image is found beside it
+    (ImageArgumentError for several cases); otherwise each case's image is found beside it. ``threads``: torch
+    threads per Dask worker (default :func:`shapeqc.runs.cohort.local_threads`, 1 on a running cluster); this
+    process's own are set by its caller (:mod:`shapeqc.runs.threads`)
     (:mod:`shapeqc.outputs.images`).
     """
     out_dir = Path(out_dir)
@@ -95,7 +98,8 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
             elif scheduler is not None or client is not None:
                 from shapeqc.runs.cohort import dask_client, local_threads, run_cases
 
-                threads = local_threads(scheduler) if scheduler else None
+                # per worker: local:N shares this process's cores out, a running cluster's workers use one
+                threads = threads or (local_threads(scheduler) if scheduler else None) or 1
                 if client is not None:
                     run_cases(client, todo, bundles, str(out_dir), organ, map_version, finish, progress, threads,
                               retries)

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from shapeqc.bundle.loading import Bundle
 from shapeqc.outputs.records import Record, error_record
 from shapeqc.runs.cases import analyse_case
+from shapeqc.runs.threads import WAIT_POLICY, threads_for
 
 try:  # the plugin's base class: the cluster extra installs distributed; without it only --scheduler fails
     from distributed.diagnostics.plugin import WorkerPlugin
@@ -107,7 +108,8 @@ def cluster_config(retries: int = 3, threads: int = 1) -> dict:
     ``threads`` OpenMP/MKL threads per worker."""
     return {"distributed.scheduler.allowed-failures": int(retries), "distributed.scheduler.worker-saturation": 1.0,
             "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-                                                    "OPENBLAS_NUM_THREADS": threads}}
+                                                    "OPENBLAS_NUM_THREADS": threads,
+                                                    WAIT_POLICY: os.environ.get(WAIT_POLICY, "PASSIVE")}}
 
 
 @contextmanager
@@ -137,10 +139,12 @@ def dask_client(scheduler: str, retries: int = 3, threads: int | None = None) ->
 
 
 def local_threads(scheduler: str) -> int | None:
-    """Torch threads per worker of ``local:N``: the cores shared out, so N workers do not oversubscribe them."""
+    """Torch threads per worker of ``local:N``: the cores this process may use shared out
+    (:func:`shapeqc.runs.threads.threads_for`), so N workers do not oversubscribe them; None for a running
+    cluster."""
     if not scheduler.startswith("local:"):
         return None
-    return max(1, (os.cpu_count() or 1) // max(1, int(scheduler.split(":", 1)[1])))
+    return threads_for(workers=int(scheduler.split(":", 1)[1]))
 
 
 def _lost_workers(dask_scheduler) -> int:
