@@ -40,6 +40,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from shapeqc.scoring.quality import interval
+from shapeqc.scoring.thresholds import load_thresholds
+
 ROOT = Path(__file__).resolve().parents[1]
 EVALSEG = "evalseg_multiorgan"
 TOTALSEG = "totalsegmentator_example"
@@ -108,17 +111,15 @@ def resize_intervals(rows: list[dict], bundle_dir: Path) -> dict[str, float]:
     (``predicted ± half width``, clipped to [0, 1]): after :func:`shapeqc.calibration.profiles.refit_quality` re-sized
     the intervals of an unchanged fit, the stored point estimates stand and only the intervals move. Returns each
     profile's half width used (by spacing)."""
-    thresholds = json.loads((bundle_dir / "configs" / "thresholds.json").read_text())
-    estimators = {str(p["spacing_mm"]): p.get("quality_estimator") for p in thresholds["profiles"]}
+    estimators = {str(p["spacing_mm"]): p.get("quality_estimator")
+                  for p in (load_thresholds(bundle_dir) or {}).get("profiles", [])}
     used = {}
     for row in rows:
         estimator = estimators.get(str(row.get("profile_spacing")))
         if row["predicted_dice"] is None or not estimator:
             continue
-        half = estimator["half_width"]
-        used[str(row["profile_spacing"])] = half
-        row["interval"] = [round(max(0.0, row["predicted_dice"] - half), 4),
-                           round(min(1.0, row["predicted_dice"] + half), 4)]
+        used[str(row["profile_spacing"])] = estimator["half_width"]
+        row["interval"] = interval(row["predicted_dice"], estimator["half_width"])
         row["rank_by"] = estimator.get("rank_by", "predicted_dice")
     return used
 
@@ -323,9 +324,8 @@ def record_coverage(results: dict, bundle_dir: Path) -> dict[str, dict]:
         if not estimator or not rows:
             continue
         half = estimator["half_width"]
-        if any(abs((r["interval"][1] - r["interval"][0]) - (min(1.0, r["predicted_dice"] + half)
-                                                           - max(0.0, r["predicted_dice"] - half))) > 2e-4
-               for r in rows):
+        # the stored point estimates are rounded to 4 places: an interval recomputed from them may differ by 1e-4
+        if any(np.abs(np.subtract(r["interval"], interval(r["predicted_dice"], half))).max() > 2e-4 for r in rows):
             raise SystemExit(f"the stored intervals are not those of {path}'s estimator: run with "
                              "--rescore --resize-intervals first")
         inside = [r["interval"][0] <= r["true_dice"] <= r["interval"][1] for r in rows]

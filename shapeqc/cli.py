@@ -92,10 +92,10 @@ def _analyse(args: argparse.Namespace) -> int:
     from shapeqc.bundle.loading import BundleTrustError, load_bundle, load_trained_bundles
     from shapeqc.runs.batch import ImageArgumentError, run_batch
     from shapeqc.runs.journal import OutputInUseError, OutputLockedError
-    from shapeqc.runs.threads import WAIT_POLICY, threads_for, use_threads
+    from shapeqc.runs.threads import WAIT_POLICY, use_threads
 
-    # in this process: the cores it may use, or --threads; Dask workers are set by run_batch
-    threads = use_threads(args.threads) if not args.scheduler else threads_for(threads=args.threads)
+    # in this process: the cores it may use, or --threads; Dask workers' are set by run_batch
+    threads = None if args.scheduler else use_threads(args.threads)
     device = args.device
     if device == "auto":
         import torch

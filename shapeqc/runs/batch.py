@@ -97,9 +97,11 @@ def run_batch(inputs: list[str], bundles: list[Bundle], out_dir: str | os.PathLi
                     finish(analyse_case(case, path, bundles, out_dir, organ, map_version, image))
             elif scheduler is not None or client is not None:
                 from shapeqc.runs.cohort import dask_client, local_threads, run_cases
+                from shapeqc.runs.threads import threads_for
 
                 # per worker: local:N shares this process's cores out, a running cluster's workers use one
-                threads = threads or (local_threads(scheduler) if scheduler else None) or 1
+                threads = (threads_for(threads=threads) if threads is not None
+                           else (local_threads(scheduler) if scheduler else None) or 1)
                 if client is not None:
                     run_cases(client, todo, bundles, str(out_dir), organ, map_version, finish, progress, threads,
                               retries)

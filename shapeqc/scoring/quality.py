@@ -219,13 +219,17 @@ def check_estimator(estimator: dict) -> dict:
     return estimator
 
 
+def interval(predicted: float, half_width: float) -> list[float]:
+    """[low, high] of a predicted Dice: ``predicted`` -/+ ``half_width`` clipped to [0, 1], rounded to 4 places."""
+    return [round(max(0.0, predicted - half_width), 4), round(min(1.0, predicted + half_width), 4)]
+
+
 def predict_quality(estimator: dict, features: dict) -> dict:
     """``{"predicted_dice", "interval": [low, high], "coverage", "coverage_basis", "rank_by"}`` for one organ's
     :func:`quality_features` (or any feature dict holding the estimator's features; a bundle's estimator is checked
     when the bundle loads). ``coverage`` is the share of held-out truths the interval held on ``coverage_basis``
     (measured, not the target); None for a format-1 estimator, whose coverage was never measured that way."""
     predicted = float(_point(estimator, [features], estimator["features"])[0])
-    half = estimator["half_width"]
     measured = estimator["format"] == ESTIMATOR_FORMAT
     coverage = estimator["measured_coverage"] if measured else None
     basis = estimator["coverage_basis"] if measured else None
@@ -233,7 +237,7 @@ def predict_quality(estimator: dict, features: dict) -> dict:
     if measured and real and real["coverage"] < coverage:  # the weaker of the two measurements is what holds
         coverage, basis = real["coverage"], f"real model failures ({real['organs']} organs)"
     return {"predicted_dice": round(predicted, 4),
-            "interval": [round(max(0.0, predicted - half), 4), round(min(1.0, predicted + half), 4)],
+            "interval": interval(predicted, estimator["half_width"]),
             "coverage": coverage, "coverage_basis": basis,
             "rank_by": estimator["rank_by"] if measured else "predicted_dice"}
 
