@@ -27,6 +27,7 @@ from shape_qc_operator import ShapeQCOperator
 
 from shapeqc.outputs.reports import write_reports
 from shapeqc.runs.journal import OutputLock, holds_records, move_aside
+from shapeqc.runs.threads import WAIT_POLICY
 
 
 class ShapeQCApp(Application):
@@ -43,7 +44,11 @@ class ShapeQCApp(Application):
         if holds_records(output_path):
             logger.warning(f"{output_path} held an earlier run: moved to {move_aside(output_path)}")
         cases = CaseLoaderOperator.discover(input_path, output_path / "dicom_inputs")
-        logger.info(f"{len(cases)} case(s) under {input_path}; models {context.model_path}; output {output_path}")
+        import torch
+
+        logger.info(f"{len(cases)} case(s) under {input_path}; models {context.model_path}; output {output_path}; "
+                    f"{torch.get_num_threads()} thread(s), OpenMP waiting "
+                    f"{os.environ.get(WAIT_POLICY, '?').lower()}")
         if not cases:
             write_reports([], output_path)  # an empty but complete report, not a silent nothing
         loader = CaseLoaderOperator(self, CountCondition(self, len(cases)), cases=cases,

@@ -25,7 +25,7 @@ import torch
 
 from shapeqc.cuda_kernels import perlin3d, sample_boundary, voxelize_mesh
 from shapeqc.cuda_kernels.boundary_sampling import boundary_face_keys
-from shapeqc.transforms.corruption import organ_box
+from shapeqc.transforms.boxes import organ_box
 
 DEFAULT_NPZ = Path(__file__).resolve().parents[2] / "shared/data/adrenalmnist3d/adrenalmnist3d_64_trainval.npz"
 

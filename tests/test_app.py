@@ -21,11 +21,12 @@ sys.path.insert(0, str(ROOT / "app"))  # the app's modules import as `python app
 
 
 def run_app(inputs: Path, output: Path, models: Path = BUNDLES, env: dict | None = None,
-            use_flags: bool = True) -> subprocess.CompletedProcess:
-    """`python app -i INPUT -o OUTPUT -m MODELS` (or the HOLOSCAN_* variables) in a 32 MB stack."""
+            use_flags: bool = True, extra: str = "") -> subprocess.CompletedProcess:
+    """`python app -i INPUT -o OUTPUT -m MODELS [extra]` (or the HOLOSCAN_* variables) in a 32 MB stack."""
     command = f"ulimit -s 32768 2>/dev/null; exec {sys.executable} app"
     if use_flags:
         command += f" -i '{inputs}' -o '{output}' -m '{models}'"
+    command += f" {extra}"
     result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=900,
                             env={**os.environ, **(env or {})})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -91,12 +92,34 @@ def test_app_matches_shapeqc_analyse_record_for_record(mixed_inputs, tmp_path):
         p.name for p in organ_dir.iterdir()}
 
 
+def app_threads(result: subprocess.CompletedProcess) -> tuple[int, str]:
+    """(threads, OpenMP wait policy) the app says it computes with."""
+    import re
+
+    match = re.search(r"(\d+) thread\(s\), OpenMP waiting (\w+)", result.stdout + result.stderr)
+    assert match, (result.stdout + result.stderr)[-3000:]
+    return int(match.group(1)), match.group(2)
+
+
 def test_app_reads_the_holoscan_environment_variables(totalseg, tmp_path):
     result = run_app(None, None, env={"HOLOSCAN_INPUT_PATH": str(totalseg / "v2_multilabel_seg.nii.gz"),
                                       "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out"),
-                                      "HOLOSCAN_MODEL_PATH": str(BUNDLES / "adrenal_gland")}, use_flags=False)
+                                      "HOLOSCAN_MODEL_PATH": str(BUNDLES / "adrenal_gland"),
+                                      "SHAPEQC_THREADS": "1"}, use_flags=False)
     records = json.loads((tmp_path / "out" / "report.json").read_text())
     assert len(records) == 2 and result.returncode == 0
+    assert app_threads(result) == (1, "passive")  # SHAPEQC_THREADS, and OpenMP told to wait passively
+
+
+def test_app_takes_threads_on_its_command_line_and_defaults_to_its_cores(totalseg, tmp_path):
+    """Issue 33: ``--threads N`` for the app too (taken off the command line before the Deploy SDK's parser, which
+    refuses what it does not know); without it, the cores the process may use."""
+    organ = totalseg / "v2_multilabel_seg.nii.gz"
+    one = run_app(organ, tmp_path / "one", BUNDLES / "adrenal_gland", extra="--threads 1")
+    assert app_threads(one)[0] == 1
+    default = run_app(organ, tmp_path / "default", BUNDLES / "adrenal_gland")
+    assert app_threads(default)[0] == len(os.sched_getaffinity(0))
+    assert len(json.loads((tmp_path / "one" / "report.json").read_text())) == 2
 
 
 def test_app_refuses_a_bundle_that_would_run_code(totalseg, tmp_path):

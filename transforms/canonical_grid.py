@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from shapeqc.transforms.boxes import organ_box
 from shapeqc.transforms.errors import EmptyMaskError
 
 
@@ -77,10 +78,17 @@ class CanonicalGrid:
 
 def organ_world_bounds(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(lower, upper) corners in scanner mm, each (3,), of the world-axis box around every foreground voxel's cube."""
-    voxels = np.argwhere(mask)
-    if voxels.size == 0:
+    box = organ_box(mask)
+    if box is None:
         raise EmptyMaskError(None, "mask has no foreground voxel")
     affine = np.asarray(affine, dtype=np.float64)
+    if np.all(np.count_nonzero(affine[:3, :3], axis=0) == 1) and np.all(np.count_nonzero(affine[:3, :3], axis=1) == 1):
+        # voxel axes along world axes (most scans): each world coordinate follows one voxel index monotonically,
+        # so the extremes are those of the box's 8 corner voxels, computed exactly as for every voxel
+        voxels = np.array([[i, j, k] for i in (box[0].start, box[0].stop - 1) for j in (box[1].start, box[1].stop - 1)
+                           for k in (box[2].start, box[2].stop - 1)])
+    else:  # oblique: every foreground voxel of the organ's box (a CT mask is mostly empty)
+        voxels = np.argwhere(np.asarray(mask)[box]) + np.array([s.start for s in box])
     centres = voxels @ affine[:3, :3].T + affine[:3, 3]
     # half of one voxel's extent along each world axis: the occupied voxel cubes, not just their centres
     half_voxel = np.abs(affine[:3, :3]) @ np.full(3, 0.5)
@@ -155,7 +163,15 @@ def source_to_grid(volume: np.ndarray, grid: CanonicalGrid, binary: bool = True)
     Returns bool (threshold 0.5 of the trilinear interpolation) when ``binary``, else float32.
     """
     grid_to_source = np.linalg.inv(grid.source_affine) @ grid.grid_to_world
-    values = resample_trilinear(volume, grid_to_source, (grid.grid_size,) * 3)
+    # only the box of the volume's nonzero voxels, grown by one (zero) voxel, is read: trilinear samples beyond it
+    # are 0 either way, and a CT mask is mostly zeros (a 512 x 512 x 200 float copy costs more than the sampling)
+    box = organ_box(volume, 1)
+    if box is None:
+        values = np.zeros((grid.grid_size,) * 3, dtype=np.float32)
+    else:
+        to_box = np.eye(4)
+        to_box[:3, 3] = [-s.start for s in box]
+        values = resample_trilinear(np.asarray(volume)[box], to_box @ grid_to_source, (grid.grid_size,) * 3)
     return values >= 0.5 if binary else values
 
 
@@ -165,7 +181,9 @@ def grid_to_source(volume: np.ndarray, grid: CanonicalGrid, binary: bool = True)
     Returns an array of ``grid.source_shape``: bool (threshold 0.5) when ``binary``, else float32 (trilinear).
     """
     source_to_grid_index = np.linalg.inv(grid.grid_to_world) @ grid.source_affine
-    values = np.zeros(grid.source_shape, dtype=np.float32)
+    # in Fortran order, as NIfTI arrays are read: the input mask and its reconstruction are then combined and
+    # written without transposing copies
+    values = np.zeros(grid.source_shape, dtype=bool if binary else np.float32, order="F")
     # only source voxels within one grid voxel of the grid's cube can be nonzero (trilinear, 0 outside), and for a
     # binary result only those within one grid voxel of a grid value >= 0.5 (a trilinear value is a convex
     # combination of its 8 neighbours): resample that box alone (a liver's 288 mm cube covers about half of a
@@ -186,8 +204,52 @@ def grid_to_source(volume: np.ndarray, grid: CanonicalGrid, binary: bool = True)
         box_to_source = np.eye(4)
         box_to_source[:3, 3] = lower
         box = tuple(slice(a, b) for a, b in zip(lower, upper, strict=True))
-        values[box] = resample_trilinear(volume, source_to_grid_index @ box_to_source, tuple(upper - lower))
-    return values >= 0.5 if binary else values
+        box_to_grid = source_to_grid_index @ box_to_source
+        occupied = _threshold_axis_aligned(volume, box_to_grid, tuple(upper - lower)) if binary else None
+        if occupied is None:
+            resampled = resample_trilinear(volume, box_to_grid, tuple(upper - lower))
+            occupied = resampled >= 0.5 if binary else resampled
+        values[box] = occupied
+    return values
+
+
+def _threshold_axis_aligned(volume: np.ndarray, out_to_in: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray | None:
+    """``resample_trilinear(volume, out_to_in, out_shape) >= 0.5`` (bool ``out_shape``) when each output axis maps
+    onto one input axis (grid and scan axes along the same world axes: most scans), else None.
+
+    Only output voxels in an input cell whose 8 corners lie on both sides of 0.5 (or beyond the input's edge) are
+    interpolated; the others take their cell's side, which every convex combination of its corners shares. On a
+    CT the interpolated ones are the voxels along the organ's surface, a few percent of the organ's box.
+    """
+    matrix = np.asarray(out_to_in, dtype=np.float64)
+    linear = matrix[:3, :3]
+    if not (np.all(np.count_nonzero(linear, axis=0) == 1) and np.all(np.count_nonzero(linear, axis=1) == 1)):
+        return None
+    values = np.asarray(volume, dtype=np.float32)
+    above = values >= 0.5
+    corners = [above[dx:above.shape[0] - 1 + dx, dy:above.shape[1] - 1 + dy, dz:above.shape[2] - 1 + dz]
+               for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
+    all_above, any_above = np.logical_and.reduce(corners), np.logical_or.reduce(corners)
+    # cell classes: 0 all below, 1 all above, 2 mixed; one more layer per axis (2) for output voxels off the input
+    cells = np.full(tuple(n for n in above.shape), 2, dtype=np.uint8)
+    cells[:-1, :-1, :-1] = np.where(all_above, 1, np.where(any_above, 2, 0))
+    source_axis = np.argmax(np.abs(linear), axis=1)  # the output axis each input axis follows
+    classes = cells
+    for axis in range(3):
+        positions = linear[axis, source_axis[axis]] * np.arange(out_shape[source_axis[axis]]) + matrix[axis, 3]
+        inside = (positions >= 0) & (positions <= above.shape[axis] - 1)
+        cell = np.where(inside, np.minimum(np.floor(np.where(inside, positions, 0)), above.shape[axis] - 2),
+                        above.shape[axis] - 1).astype(np.int64)
+        classes = np.take(classes, cell, axis=axis)
+    classes = classes.transpose(np.argsort(source_axis))  # input axis order -> output axis order
+    occupied = classes == 1
+    mixed = np.nonzero(classes == 2)
+    if len(mixed[0]):
+        points = np.stack(mixed).astype(np.float64)
+        coordinates = linear @ points + matrix[:3, 3:4]
+        occupied[mixed] = ndimage.map_coordinates(values, coordinates, order=1, mode="constant", cval=0.0,
+                                                  prefilter=False) >= 0.5
+    return occupied
 
 
 def world_to_grid_index(points_mm: np.ndarray, grid: CanonicalGrid) -> np.ndarray:

@@ -27,16 +27,7 @@ from monai.utils import convert_to_dst_type, ensure_tuple
 from scipy import ndimage
 
 from shapeqc.cuda_kernels import perlin3d
-
-
-def organ_box(grid: np.ndarray, grow: int = 0) -> tuple[slice, slice, slice] | None:
-    """Slices of the bounding box of ``grid``'s foreground grown by ``grow`` voxels (clipped), None if empty."""
-    occupied = np.argwhere(grid)
-    if occupied.size == 0:
-        return None
-    lower = np.maximum(occupied.min(axis=0) - grow, 0)
-    upper = np.minimum(occupied.max(axis=0) + 1 + grow, grid.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lower, upper, strict=True))
+from shapeqc.transforms.boxes import organ_box
 
 
 def stable_seed(text: str, base_seed: int = 0) -> int:

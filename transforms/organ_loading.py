@@ -137,12 +137,12 @@ def _organ_in_volume(source: VolumeFile, organ: str | None, map_version: str,
     """:func:`load_organ_mask` on a file already read."""
     volume, file_affine, header_labels, path = source.array, source.affine, source.label_names, source.path
     if labels is not None and header_labels is None:
-        if is_label_set_map(np.unique(volume), labels):
+        if is_label_set_map(source.values, labels):
             return np.isin(volume, labels), file_affine, {"form": "label_set", "map_version": "", "label": 0}
     # A file holding only 0 and 1 is a binary mask of the named organ, unless its own label table says
     # otherwise (a multi-label map with one structure present still carries TotalSegmentator's table).
-    if organ is None or (header_labels is None and np.all(np.isin(np.unique(volume), (0, 1)))):
-        return binary_mask(volume, path), file_affine, {"form": "binary", "map_version": "", "label": 0}
+    if organ is None or (header_labels is None and np.all(np.isin(source.values, (0, 1)))):
+        return binary_mask(volume, path, source.values), file_affine, {"form": "binary", "map_version": "", "label": 0}
 
     if volume.dtype.kind == "f" and not np.all(volume == np.round(volume)):
         raise NonBinaryMaskError(path, "a label map must hold whole numbers, found fractional values")

@@ -174,7 +174,14 @@ class VolumeFile:
     @cached_property
     def values(self) -> np.ndarray:
         """The distinct voxel values, sorted (computed once: every bundle's organ planning asks for them)."""
-        return np.unique(self.array)
+        array = self.array
+        if array.dtype.kind in "biu" and array.size:
+            # a binary mask (most inputs) is told by its extremes, without a pass that sorts or hashes every voxel
+            low, high = array.min(), array.max()
+            if int(high) - int(low) <= 1:
+                return np.unique(np.array([low, high], dtype=array.dtype))
+        # in memory order: NIfTI arrays are Fortran-ordered, and a C-order copy of a CT costs more than the count
+        return np.unique(array.ravel(order="K"))
 
     @cached_property
     def map_version(self) -> str:
@@ -263,11 +270,12 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str] | None:
     return _label_table(image, Path(path))
 
 
-def binary_mask(array: np.ndarray, path: str | os.PathLike | None) -> np.ndarray:
-    """Return ``array`` as a bool mask if it only holds 0 and 1; raise NonBinaryMaskError otherwise."""
+def binary_mask(array: np.ndarray, path: str | os.PathLike | None, values: np.ndarray | None = None) -> np.ndarray:
+    """Return ``array`` as a bool mask if it only holds 0 and 1; raise NonBinaryMaskError otherwise. ``values``:
+    its distinct values when already known (:attr:`VolumeFile.values`)."""
     if array.dtype == bool:
         return array
-    values = np.unique(array)
+    values = np.unique(array) if values is None else values
     if not np.all(np.isin(values, (0, 1))):
         shown = values[:8].tolist()
         more = "" if values.size <= 8 else f" ... ({values.size} distinct values)"

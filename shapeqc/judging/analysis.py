@@ -25,6 +25,7 @@ from shapeqc.scoring.metrics import occupied_box
 from shapeqc.scoring.quality import predict_quality, quality_features
 from shapeqc.scoring.surface_metrics import shape_scores
 from shapeqc.scoring.thresholds import OBLIQUE_DEG, coarse_input_warning, decide, obliquity_deg, select_profile
+from shapeqc.transforms.boxes import box_affine
 from shapeqc.transforms.canonical_grid import CanonicalGrid
 from shapeqc.transforms.errors import (
     EmptyMaskError,
@@ -80,6 +81,9 @@ def substantial_parts(mask: np.ndarray) -> int:
     """How many 26-connected parts of ``mask`` (D, H, W) bool hold at least :data:`SUBSTANTIAL_PART` of its voxels."""
     from scipy import ndimage
 
+    mask = np.asarray(mask)
+    if mask.strides[0] < mask.strides[-1]:  # Fortran-ordered (a NIfTI crop): labelled twice as fast transposed
+        mask = np.ascontiguousarray(mask.T)
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
     if count == 0:
         return 0
@@ -98,6 +102,8 @@ def implausible(mask: np.ndarray, affine: np.ndarray, bounds: dict | None) -> st
     if volume < bounds["min_volume_mm3"]:
         return (f"{IMPLAUSIBLE}: {volume:.0f} mm^3, below the bundle's smallest plausible organ "
                 f"({bounds['min_volume_mm3']:.0f} mm^3)")
+    if bounds["max_components"] == float("inf"):  # volume alone asked: labelling a liver's parts costs 0.3 s
+        return None
     components = substantial_parts(mask)
     if components > bounds["max_components"]:
         return (f"{IMPLAUSIBLE}: {components} separate parts of 5% or more, more than any training organ has "
@@ -177,14 +183,20 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
         if out_dir is not None:
             start = time.perf_counter()
             out_dir = Path(out_dir)
-            centre = None
+            offset = np.array([s.start for s in box])
             if defects:  # through the largest defect, in voxel indices
                 centre = np.linalg.solve(affine[:3, :3], np.asarray(defects[0].centroid_mm) - affine[:3, 3])
-            stl = write_stl(reconstruction, affine, out_dir / "reconstruction.stl")
-            difference = np.zeros(mask.shape, dtype=np.uint8)
+            else:  # through the organ's centre (segmentation and reconstruction together)
+                centre = np.argwhere(mask[box] | reconstruction[box]).mean(axis=0) + offset
+            stl = write_stl(reconstruction[box], box_affine(affine, box), out_dir / "reconstruction.stl")
+            # whole-scan volumes (they overlay the CT in any viewer), built in the file's own (Fortran) order so
+            # that writing them is a copy, not a transposition of a 512 x 512 x 200 array
+            reconstruction_out = np.zeros(mask.shape, dtype=np.uint8, order="F")
+            reconstruction_out[box] = reconstruction[box]
+            difference = np.zeros(mask.shape, dtype=np.uint8, order="F")
             difference[box] = difference_in_box
             record["outputs"] = {
-                "reconstruction": str(write_volume(out_dir / "reconstruction.nii.gz", reconstruction, affine)),
+                "reconstruction": str(write_volume(out_dir / "reconstruction.nii.gz", reconstruction_out, affine)),
                 "difference": str(write_volume(out_dir / "difference.nii.gz", difference, affine)),
                 "stl": str(stl) if stl else None,
                 "overview": str(write_overview(mask, reconstruction, affine, centre, out_dir / "overview.png",

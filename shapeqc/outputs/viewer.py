@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shapeqc.transforms.boxes import box_affine
+
 NIIVUE_VERSION = "0.69.0"
 NIIVUE_FILE = Path(__file__).resolve().parent / "web" / "niivue.umd.js"
 MAX_VIEWER_SIDE = 192
@@ -61,9 +63,8 @@ def write_viewer_data(path: str | os.PathLike, key: str, box: tuple[slice, ...],
     array (D, H, W) on the grid of ``affine``."""
     step = [max(1, int(np.ceil((b.stop - b.start) / MAX_VIEWER_SIDE))) for b in box]
     cut = tuple(slice(b.start, b.stop, s) for b, s in zip(box, step, strict=True))
-    cut_affine = np.array(affine, dtype=np.float64)
-    cut_affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box]) + affine[:3, 3]
-    cut_affine[:3, :3] = affine[:3, :3] * np.array(step)[None, :]
+    cut_affine = box_affine(affine, box)
+    cut_affine[:3, :3] *= np.array(step)[None, :]
     volumes = {"segmentation": np.asarray(segmentation[cut], dtype=np.uint8),
                "reconstruction": np.asarray(reconstruction[cut], dtype=np.uint8),
                "difference": np.asarray(difference[cut], dtype=np.uint8)}

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-from shapeqc.transforms.corruption import organ_box
+from shapeqc.transforms.boxes import organ_box
 
 # logit written where the region of interest leaves voxels undecoded: firmly "empty"
 OUTSIDE_LOGIT = -20.0
@@ -86,6 +86,44 @@ def _cells_to_points(cells: torch.Tensor) -> torch.Tensor:
     return points
 
 
+def _cells_touching(points: torch.Tensor) -> torch.Tensor:
+    """(a - 1, b - 1, c - 1) bool: lattice cells with at least one corner flagged in ``points`` (a, b, c) bool."""
+    flagged = points.to(torch.uint8)
+    a, b, c = flagged.shape
+    return torch.stack([flagged[dx:a - 1 + dx, dy:b - 1 + dy, dz:c - 1 + dz]
+                        for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]).amax(0) > 0
+
+
+def _mixed_cells(values: torch.Tensor) -> torch.Tensor:
+    """(a - 1, b - 1, c - 1) bool: lattice cells whose 8 corner logits (a, b, c) are not all on one side of 0,
+    i.e. the cells the occupancy's 0.5 level passes through, as far as the corners tell."""
+    inside = values > 0
+    return _cells_touching(inside) & _cells_touching(~inside)
+
+
+def crossed_cell_corners(values: torch.Tensor) -> torch.Tensor:
+    """(a, b, c) bool: the lattice points (a, b, c) that are a corner of a cell the 0.5 level crosses (corner
+    logits of both signs): the values trilinear interpolation reads where the occupancy changes side."""
+    return _cells_to_points(_mixed_cells(values))
+
+
+def _edge_voxels(inside: torch.Tensor, extents: list[int]) -> torch.Tensor:
+    """(1, 1, *extents) float32: 1 at voxels of ``inside`` (bool, the decoded region of the input grid) whose
+    3 x 3 x 3 neighbourhood holds both values, zero-padded to the lattice's ``extents``."""
+    volume = inside.float()[None, None]
+    edges = (torch.nn.functional.max_pool3d(volume, 3, 1, 1) != -torch.nn.functional.max_pool3d(-volume, 3, 1, 1))
+    pad = [0, extents[2] - inside.shape[2], 0, extents[1] - inside.shape[1], 0, extents[0] - inside.shape[0]]
+    return torch.nn.functional.pad(edges.float(), pad)
+
+
+def _grow_cells(cells: torch.Tensor, ring: int) -> torch.Tensor:
+    """``cells`` (bool) grown by ``ring`` cells in each direction (26-connected)."""
+    if ring <= 0:
+        return cells
+    grown = torch.nn.functional.max_pool3d(cells[None, None].float(), 2 * ring + 1, stride=1, padding=ring)
+    return grown[0, 0] > 0
+
+
 def default_margin(grid_size: int) -> int:
     """Voxels around the input organ's box that reconstruction decodes: an eighth of the grid (8 at R = 64,
     16 at R = 128), room for the prior to complete a cut organ; beyond it a reconstruction is empty."""
@@ -94,20 +132,32 @@ def default_margin(grid_size: int) -> int:
 
 @torch.no_grad()
 def coarse_to_fine_logits(network: torch.nn.Module, grid: torch.Tensor, start_stride: int = 8,
-                          certain_logit: float = 5.0, chunk_points: int = 32_768,
-                          margin: int | None = None, timings: dict | None = None) -> tuple[torch.Tensor, int]:
-    """Occupancy logits at every voxel centre of one grid (1, 1, R, R, R), decoding far fewer points.
+                          near_fraction: float = 0.25, safety_ring: int = 0, chunk_points: int = 32_768,
+                          margin: int | None = None,
+                          timings: dict | None = None) -> tuple[torch.Tensor, int]:
+    """Occupancy logits at every voxel centre of one grid (1, 1, R, R, R), decoding points near the surface only.
 
-    A lattice of every ``start_stride``-th voxel centre is decoded; each lattice cell whose 8 corners agree on
-    the side of the 0.5 level with |logit| >= ``certain_logit`` (and whose neighbours agree too: cells are
-    refined with a one-cell safety ring) is filled by interpolation; the others are halved and decoded again,
-    down to single voxels. With ``margin``, only the input organ's box grown by ``margin`` voxels is decoded
-    and the rest is :data:`OUTSIDE_LOGIT`, exactly as :func:`grid_logits` with the same margin.
+    The work follows the organ's surface, not its volume (as Occupancy Networks' MISE): a lattice of every
+    ``start_stride``-th voxel centre is decoded; at each level the cells whose corners disagree on the side of
+    the 0.5 level, or have a corner whose |logit| is below ``near_fraction`` times the first lattice's median
+    |logit|, or hold a border voxel of the input grid, grown by ``safety_ring`` cells, are halved and their new
+    points decoded; then, at that level, every cell that the decoded and interpolated values together show mixed,
+    with a corner not yet decoded, has its corners decoded, until none is left (the surface is followed wherever
+    it leads, also into cells whose coarse corners agreed). Everything else is filled by multilinear
+    interpolation of decoded values that all lie on one side. The thresholds are relative, so the points decoded
+    do not depend on how confident the prior is: scaling its logits changes nothing.
 
-    Returns (logits (R, R, R) float32, number of decoded points); the sign of the logits equals dense decoding
-    wherever the network has no structure smaller than a lattice cell hidden inside confident cells (checked
-    on real cases in the tests). Lattice points beyond the region are clamped onto its last voxel. With
-    ``timings``, "encode" (with the decoding preparation) and "decode" seconds are stored in it.
+    At the voxel level every cell the 0.5 level crosses has all 8 corners decoded, so mapping the occupancy back
+    to the input's voxels (trilinear interpolation, threshold 0.5) gives what dense decoding gives; the signs
+    equal dense decoding's unless a structure smaller than a lattice cell lies wholly inside cells whose corners
+    agree while the input has no border there (tested against dense decoding on every shipped bundle's held-out
+    organs, clean and corrupted). With
+    ``margin``, only the input organ's box grown by ``margin`` voxels is decoded and the rest is
+    :data:`OUTSIDE_LOGIT`, exactly as :func:`grid_logits` with the same margin; lattice points beyond that box
+    are clamped onto its last voxel.
+
+    Returns (logits (R, R, R) float32, number of decoded points). With ``timings``, "encode" (with the decoding
+    preparation) and "decode" seconds are stored in it.
     """
     started = time.perf_counter()
     if start_stride < 1 or start_stride & (start_stride - 1):
@@ -136,23 +186,34 @@ def coarse_to_fine_logits(network: torch.nn.Module, grid: torch.Tensor, start_st
     axes = [torch.arange(0, extent, stride, device=device) for extent in extents]
     lattice_index = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
     values = decode(lattice_index).reshape(*(len(a) for a in axes))
+    known = torch.ones_like(values, dtype=torch.bool)
     decoded = len(lattice_index)
+    # "near the 0.5 level" relative to how sure the prior is here (the median |logit| of the first lattice), so
+    # that the refinement reads the same on a prior whose logits are all ten times larger or smaller
+    near = near_fraction * float(values.abs().median())
+    input_edges = _edge_voxels(grid[0, 0][region] > 0.5, extents)
     while stride > 1:
-        corners = torch.stack([values[dx:values.shape[0] - 1 + dx, dy:values.shape[1] - 1 + dy,
-                                      dz:values.shape[2] - 1 + dz]
-                               for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)])
-        uncertain = (corners.min(0).values < certain_logit) & (corners.max(0).values > -certain_logit)
-        uncertain = torch.nn.functional.max_pool3d(uncertain[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+        # cells the surface passes through, cells near the 0.5 level, and cells where the *input* has a border:
+        # the prior follows its input, so a blob or hole of the input smaller than a cell shows up there first
+        refine = (_mixed_cells(values) | _cells_touching(values.abs() < near)
+                  | (torch.nn.functional.max_pool3d(input_edges, stride + 1, stride)[0, 0] > 0))
+        refine = _grow_cells(refine, safety_ring)
         stride //= 2
-        fine = _upsample_lattice(values)
-        fine_cells = uncertain.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2)
-        needed = _cells_to_points(fine_cells)
-        needed[::2, ::2, ::2] = False  # already decoded at the coarser level
-        where = needed.nonzero()
-        if len(where):
-            fine[needed] = decode(where * stride)
+        values = _upsample_lattice(values)
+        was_known = known
+        known = torch.zeros(values.shape, dtype=torch.bool, device=device)
+        known[::2, ::2, ::2] = was_known
+        needed = _cells_to_points(refine.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2))
+        while True:
+            needed &= ~known
+            where = needed.nonzero()
+            if not len(where):
+                break
+            values[needed] = decode(where * stride)
+            known |= needed
             decoded += len(where)
-        values = fine
+            # follow the surface: mixed cells of this level with a corner still interpolated
+            needed = crossed_cell_corners(values)
     out[region] = values[:region[0].stop - region[0].start, :region[1].stop - region[1].start,
                          :region[2].stop - region[2].start]
     if timings is not None:
@@ -169,15 +230,16 @@ class CoarseToFineInferer(Inferer):
 
     Args:
         margin: voxels around the input organ's box that are decoded; None: :func:`default_margin` of R.
-        start_stride, certain_logit, chunk_points: as in :func:`coarse_to_fine_logits`.
+        start_stride, near_fraction, safety_ring, chunk_points: as in :func:`coarse_to_fine_logits`.
     """
 
-    def __init__(self, margin: int | None = None, start_stride: int = 8, certain_logit: float = 5.0,
-                 chunk_points: int = 32_768) -> None:
+    def __init__(self, margin: int | None = None, start_stride: int = 8, near_fraction: float = 0.25,
+                 safety_ring: int = 0, chunk_points: int = 32_768) -> None:
         super().__init__()
         self.margin = margin
         self.start_stride = start_stride
-        self.certain_logit = certain_logit
+        self.near_fraction = near_fraction
+        self.safety_ring = safety_ring
         self.chunk_points = chunk_points
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, timings: dict | None = None,
@@ -185,8 +247,8 @@ class CoarseToFineInferer(Inferer):
         margin = default_margin(inputs.shape[-1]) if self.margin is None else self.margin
         out = []
         for item in inputs:
-            logits, decoded = coarse_to_fine_logits(network, item[None], self.start_stride, self.certain_logit,
-                                                    self.chunk_points, margin, timings)
+            logits, decoded = coarse_to_fine_logits(network, item[None], self.start_stride, self.near_fraction,
+                                                    self.safety_ring, self.chunk_points, margin, timings)
             if timings is not None:
                 timings["decoded_points"] = timings.get("decoded_points", 0) + int(decoded)
             out.append(logits[None])

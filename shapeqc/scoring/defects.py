@@ -32,10 +32,9 @@ def difference_map(segmentation: np.ndarray, reconstruction: np.ndarray) -> np.n
     """uint8 map: 1 (OVER) where only the segmentation has the organ, 2 (UNDER) where only the reconstruction."""
     segmentation = np.asarray(segmentation, dtype=bool)
     reconstruction = np.asarray(reconstruction, dtype=bool)
-    out = np.zeros(segmentation.shape, dtype=np.uint8)
-    out[segmentation & ~reconstruction] = OVER
-    out[reconstruction & ~segmentation] = UNDER
-    return out
+    # arithmetic on the two masks' bytes, not masked assignments: a liver's box holds 20 million voxels
+    return (segmentation & ~reconstruction).view(np.uint8) * np.uint8(OVER) + \
+        (reconstruction & ~segmentation).view(np.uint8) * np.uint8(UNDER)
 
 
 def defect_components(difference: np.ndarray, affine: np.ndarray, min_volume_ml: float = 0.01,
@@ -52,9 +51,13 @@ def defect_components(difference: np.ndarray, affine: np.ndarray, min_volume_ml:
         labels, count = ndimage.label(difference == code, structure=np.ones((3, 3, 3)))
         if count == 0:
             continue
-        sizes = np.bincount(labels.ravel())[1:]
+        # sizes and centroids from the labelled voxels alone (center_of_mass would scan the box once per part)
+        voxels = np.nonzero(labels)
+        part_of = labels[voxels]
+        sizes = np.bincount(part_of, minlength=count + 1)[1:]
+        centroids = np.stack([np.bincount(part_of, weights=index, minlength=count + 1)[1:] for index in voxels],
+                             axis=1) / sizes[:, None]
         slices = ndimage.find_objects(labels)
-        centroids = ndimage.center_of_mass(np.ones_like(labels), labels, range(1, count + 1))
         for index in range(count):
             volume = float(sizes[index] * voxel_ml)
             if volume < min_volume_ml:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from shapeqc.transforms.boxes import organ_box
+
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice coefficient of two binary masks of one shape; 1.0 when both are empty."""
     a = np.asarray(a, dtype=bool)
     b = np.asarray(b, dtype=bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / int(total)
 
 
 def occupied_box(*masks: np.ndarray, margin=1) -> tuple[slice, ...]:
@@ -19,9 +21,11 @@ def occupied_box(*masks: np.ndarray, margin=1) -> tuple[slice, ...]:
     parts and figures need only this box: an organ fills a small part of a CT (a liver about a seventh of its
     512 x 512 x 200 voxels), and a margin of one voxel keeps every surface voxel a surface voxel, so the results
     are those of the whole volume."""
-    from monai.transforms.utils import generate_spatial_bounding_box
-
-    occupied = np.logical_or.reduce([np.asarray(m, dtype=bool) for m in masks])
-    margins = [int(m) for m in np.broadcast_to(np.asarray(margin), (occupied.ndim,))]
-    start, end = generate_spatial_bounding_box(occupied[None], margin=margins, allow_smaller=True)
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, end, strict=True))
+    boxes = [box for box in (organ_box(mask) for mask in masks) if box is not None]
+    shape = np.shape(masks[0])
+    if not boxes:
+        return tuple(slice(0, 0) for _ in shape)
+    margins = np.broadcast_to(np.asarray(margin, dtype=np.int64), (len(shape),))
+    return tuple(slice(max(min(b[axis].start for b in boxes) - int(margins[axis]), 0),
+                       min(max(b[axis].stop for b in boxes) + int(margins[axis]), shape[axis]))
+                 for axis in range(len(shape)))

@@ -52,7 +52,7 @@ def quality_features(segmentation: np.ndarray, reconstruction: np.ndarray, score
     one voxel grid (any box holding both organs), ``scores`` the analysis's scores (``dice``, ``asd_mm``)."""
     segmentation = np.asarray(segmentation, dtype=bool)
     reconstruction = np.asarray(reconstruction, dtype=bool)
-    seg_voxels, rec_voxels = int(segmentation.sum()), int(reconstruction.sum())
+    seg_voxels, rec_voxels = int(np.count_nonzero(segmentation)), int(np.count_nonzero(reconstruction))
     both = int(np.count_nonzero(segmentation & reconstruction))
     dice = scores.get("dice")
     asd = scores.get("asd_mm")
