@@ -219,7 +219,7 @@ def main() -> int:
         if on_device:
             import torch
 
-            settings.append((f"today, {torch.cuda.get_device_name(0)} (CUDA, CuPy kernels)", on_device))
+            settings.append((f"today, {torch.cuda.get_device_name(0)} (CUDA)", on_device))
         for name, records in settings:
             seconds = [r["seconds"] for r in records]
             steps = median_steps(records)
