@@ -41,7 +41,7 @@ def compare(bundle, grid: np.ndarray) -> dict:
     dense_s = time.perf_counter() - start
     start = time.perf_counter()
     fine, decoded = coarse_to_fine_logits(bundle.network, tensor, inferer.start_stride, inferer.near_fraction,
-                                          inferer.safety_ring, inferer.chunk_points, margin)
+                                          inferer.chunk_points, margin)
     fine_s = time.perf_counter() - start
     corners = crossed_cell_corners(dense)
     return {"mismatches": int(((dense > 0) != (fine > 0)).sum()),

@@ -76,13 +76,18 @@ class CanonicalGrid:
         )
 
 
+def _axis_aligned(linear: np.ndarray) -> bool:
+    """Whether a (3, 3) linear map sends each axis onto one axis (a signed, scaled permutation: no obliquity)."""
+    return bool(np.all(np.count_nonzero(linear, axis=0) == 1) and np.all(np.count_nonzero(linear, axis=1) == 1))
+
+
 def organ_world_bounds(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(lower, upper) corners in scanner mm, each (3,), of the world-axis box around every foreground voxel's cube."""
     box = organ_box(mask)
     if box is None:
         raise EmptyMaskError(None, "mask has no foreground voxel")
     affine = np.asarray(affine, dtype=np.float64)
-    if np.all(np.count_nonzero(affine[:3, :3], axis=0) == 1) and np.all(np.count_nonzero(affine[:3, :3], axis=1) == 1):
+    if _axis_aligned(affine[:3, :3]):
         # voxel axes along world axes (most scans): each world coordinate follows one voxel index monotonically,
         # so the extremes are those of the box's 8 corner voxels, computed exactly as for every voxel
         voxels = np.array([[i, j, k] for i in (box[0].start, box[0].stop - 1) for j in (box[1].start, box[1].stop - 1)
@@ -223,7 +228,7 @@ def _threshold_axis_aligned(volume: np.ndarray, out_to_in: np.ndarray, out_shape
     """
     matrix = np.asarray(out_to_in, dtype=np.float64)
     linear = matrix[:3, :3]
-    if not (np.all(np.count_nonzero(linear, axis=0) == 1) and np.all(np.count_nonzero(linear, axis=1) == 1)):
+    if not _axis_aligned(linear):
         return None
     values = np.asarray(volume, dtype=np.float32)
     above = values >= 0.5

@@ -189,14 +189,12 @@ def analyse_organ(source: str | VolumeFile, organ: str | None, bundle: Bundle, o
             else:  # through the organ's centre (segmentation and reconstruction together)
                 centre = np.argwhere(mask[box] | reconstruction[box]).mean(axis=0) + offset
             stl = write_stl(reconstruction[box], box_affine(affine, box), out_dir / "reconstruction.stl")
-            # whole-scan volumes (they overlay the CT in any viewer), built in the file's own (Fortran) order so
-            # that writing them is a copy, not a transposition of a 512 x 512 x 200 array
-            reconstruction_out = np.zeros(mask.shape, dtype=np.uint8, order="F")
-            reconstruction_out[box] = reconstruction[box]
+            # whole-scan volumes (they overlay the CT in any viewer), in the file's own (Fortran) order as the map
+            # back returns the reconstruction, so that writing them is a copy, not a transposition of 50 M voxels
             difference = np.zeros(mask.shape, dtype=np.uint8, order="F")
             difference[box] = difference_in_box
             record["outputs"] = {
-                "reconstruction": str(write_volume(out_dir / "reconstruction.nii.gz", reconstruction_out, affine)),
+                "reconstruction": str(write_volume(out_dir / "reconstruction.nii.gz", reconstruction, affine)),
                 "difference": str(write_volume(out_dir / "difference.nii.gz", difference, affine)),
                 "stl": str(stl) if stl else None,
                 "overview": str(write_overview(mask, reconstruction, affine, centre, out_dir / "overview.png",

@@ -116,14 +116,6 @@ def _edge_voxels(inside: torch.Tensor, extents: list[int]) -> torch.Tensor:
     return torch.nn.functional.pad(edges.float(), pad)
 
 
-def _grow_cells(cells: torch.Tensor, ring: int) -> torch.Tensor:
-    """``cells`` (bool) grown by ``ring`` cells in each direction (26-connected)."""
-    if ring <= 0:
-        return cells
-    grown = torch.nn.functional.max_pool3d(cells[None, None].float(), 2 * ring + 1, stride=1, padding=ring)
-    return grown[0, 0] > 0
-
-
 def default_margin(grid_size: int) -> int:
     """Voxels around the input organ's box that reconstruction decodes: an eighth of the grid (8 at R = 64,
     16 at R = 128), room for the prior to complete a cut organ; beyond it a reconstruction is empty."""
@@ -132,18 +124,17 @@ def default_margin(grid_size: int) -> int:
 
 @torch.no_grad()
 def coarse_to_fine_logits(network: torch.nn.Module, grid: torch.Tensor, start_stride: int = 8,
-                          near_fraction: float = 0.25, safety_ring: int = 0, chunk_points: int = 32_768,
-                          margin: int | None = None,
+                          near_fraction: float = 0.25, chunk_points: int = 32_768, margin: int | None = None,
                           timings: dict | None = None) -> tuple[torch.Tensor, int]:
     """Occupancy logits at every voxel centre of one grid (1, 1, R, R, R), decoding points near the surface only.
 
     The work follows the organ's surface, not its volume (as Occupancy Networks' MISE): a lattice of every
     ``start_stride``-th voxel centre is decoded; at each level the cells whose corners disagree on the side of
     the 0.5 level, or have a corner whose |logit| is below ``near_fraction`` times the first lattice's median
-    |logit|, or hold a border voxel of the input grid, grown by ``safety_ring`` cells, are halved and their new
-    points decoded; then, at that level, every cell that the decoded and interpolated values together show mixed,
-    with a corner not yet decoded, has its corners decoded, until none is left (the surface is followed wherever
-    it leads, also into cells whose coarse corners agreed). Everything else is filled by multilinear
+    |logit|, or hold a border voxel of the input grid, are halved and their new points decoded; then, at that
+    level, every cell that the decoded and interpolated values together show mixed, with a corner not yet
+    decoded, has its corners decoded, until none is left (the surface is followed wherever it leads, also into
+    cells whose coarse corners agreed). Everything else is filled by multilinear
     interpolation of decoded values that all lie on one side. The thresholds are relative, so the points decoded
     do not depend on how confident the prior is: scaling its logits changes nothing.
 
@@ -197,7 +188,6 @@ def coarse_to_fine_logits(network: torch.nn.Module, grid: torch.Tensor, start_st
         # the prior follows its input, so a blob or hole of the input smaller than a cell shows up there first
         refine = (_mixed_cells(values) | _cells_touching(values.abs() < near)
                   | (torch.nn.functional.max_pool3d(input_edges, stride + 1, stride)[0, 0] > 0))
-        refine = _grow_cells(refine, safety_ring)
         stride //= 2
         values = _upsample_lattice(values)
         was_known = known
@@ -230,16 +220,15 @@ class CoarseToFineInferer(Inferer):
 
     Args:
         margin: voxels around the input organ's box that are decoded; None: :func:`default_margin` of R.
-        start_stride, near_fraction, safety_ring, chunk_points: as in :func:`coarse_to_fine_logits`.
+        start_stride, near_fraction, chunk_points: as in :func:`coarse_to_fine_logits`.
     """
 
     def __init__(self, margin: int | None = None, start_stride: int = 8, near_fraction: float = 0.25,
-                 safety_ring: int = 0, chunk_points: int = 32_768) -> None:
+                 chunk_points: int = 32_768) -> None:
         super().__init__()
         self.margin = margin
         self.start_stride = start_stride
         self.near_fraction = near_fraction
-        self.safety_ring = safety_ring
         self.chunk_points = chunk_points
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, timings: dict | None = None,
@@ -248,7 +237,7 @@ class CoarseToFineInferer(Inferer):
         out = []
         for item in inputs:
             logits, decoded = coarse_to_fine_logits(network, item[None], self.start_stride, self.near_fraction,
-                                                    self.safety_ring, self.chunk_points, margin, timings)
+                                                    self.chunk_points, margin, timings)
             if timings is not None:
                 timings["decoded_points"] = timings.get("decoded_points", 0) + int(decoded)
             out.append(logits[None])
