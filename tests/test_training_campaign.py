@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import SHARED_DATA
@@ -45,6 +46,18 @@ def test_a_second_session_resumes_where_the_first_stopped(tmp_path):
     assert min(e for e, _ in two["validation"]) > max(e for e, _ in one["validation"])
     log = (folder / "train.log").read_text()
     assert log.count("===== session") == 2
+
+    # the annealing that ends a campaign: a session-only decay, counted from the checkpoint's iteration, which
+    # leaves the recipe as it was; the rate it ends on is the schedule's, not the one saved in the checkpoint
+    third = session(tmp_path, "--decay", "2", "--session-set", "lr_floor=0.1")
+    assert third.returncode == 0, third.stderr[-3000:]
+    campaign = json.loads((folder / "campaign.json").read_text())
+    start = two["iterations"][1]
+    assert campaign["sessions"][2]["overrides"] == {"lr_floor": 0.1, "lr_decay_iterations": [start, start + 2]}
+    assert campaign["recipe"] == {"train_limit": 4, "val_limit": 2, "num_points": 500, "val_interval": 2}
+    assert campaign["iterations"] >= start + 2
+    saved = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert [group["lr"] for group in saved["optimizer"]["param_groups"]] == [pytest.approx(0.0003 * 0.1)]
 
     other = session(tmp_path, "--set", "num_points=1000")
     assert other.returncode != 0 and "recipe" in other.stderr

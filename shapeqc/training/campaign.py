@@ -17,7 +17,14 @@ and iteration), and then keeps in that folder, for the next session and for git:
         --set "network_def#input_resolution_features=False" num_points=2500
 
 The recipe (``--set``) is fixed by the first session and must be the same in every later one (a checkpoint of one
-network does not load into another); the weights reach the bundle's ``models/model.pt`` only when it is recalibrated
+network does not load into another). What only steers the optimiser may change from one session to the next and is
+kept in that session's entry: ``--session-set KEY=VALUE`` (any override), and ``--decay N``, a half-cosine decay
+of the learning rate over this session's next ``N`` iterations (``lr_decay_iterations`` = [the checkpoint's
+iteration, + N]; ``shapeqc.training.schedules``), the annealing that ends a campaign:
+
+    OMP_NUM_THREADS=1 python -m shapeqc.training.campaign --bundle bundles/kidney --minutes 100 --decay 3500
+
+The weights reach the bundle's ``models/model.pt`` only when it is recalibrated
 and shipped (docs/training.md).
 """
 
@@ -62,9 +69,10 @@ def trainer_iteration(checkpoint: Path) -> tuple[int, int]:
 
 
 def run_session(folder: Path, bundle: Path, campaign: dict, dataset_dir: str, minutes: float,
-                threads: int = 1) -> dict:
+                threads: int = 1, session_overrides: dict | None = None, decay_iterations: int | None = None) -> dict:
     """One session of ``campaign`` (:func:`load_campaign`), kept in ``folder`` (module doc); returns its entry in
-    ``campaign.json``."""
+    ``campaign.json``. ``session_overrides`` apply to this session only (on top of the recipe); ``decay_iterations``
+    adds ``lr_decay_iterations`` = [the checkpoint's iteration, that + ``decay_iterations``]."""
     import yaml
 
     if "time_limit_s" not in yaml.safe_load((bundle / "configs" / "train.yaml").read_text()):
@@ -75,6 +83,9 @@ def run_session(folder: Path, bundle: Path, campaign: dict, dataset_dir: str, mi
     (folder / "campaign.json").write_text(json.dumps(campaign, indent=1))
     checkpoint = folder / "checkpoint.pt"
     start_epoch, start_iteration = trainer_iteration(checkpoint) if checkpoint.exists() else (0, 0)
+    session_overrides = dict(session_overrides or {})
+    if decay_iterations is not None:
+        session_overrides["lr_decay_iterations"] = [start_iteration, start_iteration + int(decay_iterations)]
     started = time.time()
     with tempfile.TemporaryDirectory(prefix=f"campaign_{bundle.name}_") as run_dir:
         command = [sys.executable, "-m", "monai.bundle", "run", "training", "--bundle_root", str(bundle),
@@ -85,7 +96,7 @@ def run_session(folder: Path, bundle: Path, campaign: dict, dataset_dir: str, mi
                    "--time_limit_s", str(int(minutes * 60)), "--ckpt_dir", run_dir, "--output_dir", run_dir]
         if checkpoint.exists():
             command += ["--resume_from", str(checkpoint)]
-        for key, value in campaign["recipe"].items():
+        for key, value in {**campaign["recipe"], **session_overrides}.items():
             command += [f"--{key}", repr(value)]
         environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         log_path = Path(run_dir) / "session.log"
@@ -109,6 +120,7 @@ def run_session(folder: Path, bundle: Path, campaign: dict, dataset_dir: str, mi
     session = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)), "minutes": seconds / 60,
                "device": f"cpu, {threads} thread(s)" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
                "epochs": [start_epoch, end_epoch], "iterations": [start_iteration, end_iteration],
+               **({"overrides": session_overrides} if session_overrides else {}),
                "validation": [[int(e), float(v)] for e, v in VALIDATION.findall(log_text)]}
     campaign["sessions"].append(session)
     campaign["iterations"] = end_iteration
@@ -129,11 +141,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding one campaign folder per bundle (default docs/training)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides: the campaign's recipe (first session; later ones must agree)")
+    parser.add_argument("--session-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides of this session only (what steers the optimiser, not the network)")
+    parser.add_argument("--decay", type=int, default=None, metavar="N",
+                        help="half-cosine learning-rate decay over this session's next N iterations (to lr_floor)")
     args = parser.parse_args(argv)
     bundle = args.bundle.resolve()
     folder = args.campaigns / bundle.name
     campaign = load_campaign(folder, bundle.name, parse_overrides(args.set))
-    session = run_session(folder, bundle, campaign, args.dataset_dir, args.minutes, args.threads)
+    session = run_session(folder, bundle, campaign, args.dataset_dir, args.minutes, args.threads,
+                          parse_overrides(args.session_set), args.decay)
     print(json.dumps(session))
     return 0
 
