@@ -62,6 +62,16 @@ def test_a_second_session_resumes_where_the_first_stopped(tmp_path):
     other = session(tmp_path, "--set", "num_points=1000")
     assert other.returncode != 0 and "recipe" in other.stderr
 
+    # a variant (another recipe) starts from this campaign's weights in its own folder
+    variant = session(tmp_path / "variants", "--start-from", str(folder / "checkpoint.pt"),
+                      "--set", "train_limit=4", "val_limit=2", "num_points=1000", "val_interval=2")
+    assert variant.returncode == 0, variant.stderr[-3000:]
+    seeded = json.loads((tmp_path / "variants" / BUNDLE.name / "campaign.json").read_text())
+    assert seeded["started_from"]["iteration"] == campaign["iterations"]
+    assert seeded["sessions"][0]["iterations"][0] == campaign["iterations"] and seeded["recipe"]["num_points"] == 1000
+    again = session(tmp_path / "variants", "--start-from", str(folder / "checkpoint.pt"))
+    assert again.returncode != 0 and "already holds a campaign" in again.stderr
+
 
 def test_a_bundle_whose_training_cannot_stop_on_time_is_refused(tmp_path):
     result = subprocess.run([sys.executable, "-m", "shapeqc.training.campaign", "--bundle",

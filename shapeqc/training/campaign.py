@@ -24,6 +24,12 @@ iteration, + N]; ``shapeqc.training.schedules``), the annealing that ends a camp
 
     OMP_NUM_THREADS=1 python -m shapeqc.training.campaign --bundle bundles/kidney --minutes 100 --decay 3500
 
+A variant of a campaign (another recipe) is a new campaign in its own folder; ``--start-from`` seeds it with another
+campaign's trainer checkpoint, so that two recipes are compared from the same weights at equal time:
+
+    python -m shapeqc.training.campaign --bundle bundles/spleen --minutes 30 --campaigns docs/training/variants \
+        --start-from docs/training/spleen/checkpoint.pt --set spatial_augmentation_prob=0.5
+
 The weights reach the bundle's ``models/model.pt`` only when it is recalibrated
 and shipped (docs/training.md).
 """
@@ -59,6 +65,18 @@ def load_campaign(folder: Path, bundle_name: str, overrides: dict) -> dict:
         raise SystemExit(f"the campaign in {path.parent} trains the recipe {campaign['recipe']}, not {overrides}: "
                          "start a new campaign folder for another recipe")
     return campaign
+
+
+def seed_campaign(folder: Path, campaign: dict, checkpoint: Path) -> None:
+    """Start the new ``campaign`` in ``folder`` from another campaign's trainer ``checkpoint`` (copied; its
+    iteration and path kept as ``started_from``)."""
+    if campaign["sessions"] or (folder / "checkpoint.pt").exists():
+        raise SystemExit(f"{folder} already holds a campaign: --start-from seeds a new one only")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, folder / "checkpoint.pt")
+    _, iteration = trainer_iteration(folder / "checkpoint.pt")
+    campaign["started_from"] = {"checkpoint": str(checkpoint), "iteration": iteration}
+    campaign["iterations"] = iteration
 
 
 def trainer_iteration(checkpoint: Path) -> tuple[int, int]:
@@ -143,12 +161,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="config overrides: the campaign's recipe (first session; later ones must agree)")
     parser.add_argument("--session-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides of this session only (what steers the optimiser, not the network)")
+    parser.add_argument("--start-from", type=Path, default=None, metavar="CHECKPOINT",
+                        help="seed a new campaign with another campaign's trainer checkpoint (a variant's start)")
     parser.add_argument("--decay", type=int, default=None, metavar="N",
                         help="half-cosine learning-rate decay over this session's next N iterations (to lr_floor)")
     args = parser.parse_args(argv)
     bundle = args.bundle.resolve()
     folder = args.campaigns / bundle.name
     campaign = load_campaign(folder, bundle.name, parse_overrides(args.set))
+    if args.start_from is not None:
+        seed_campaign(folder, campaign, args.start_from.resolve())
     session = run_session(folder, bundle, campaign, args.dataset_dir, args.minutes, args.threads,
                           parse_overrides(args.session_set), args.decay)
     print(json.dumps(session))
