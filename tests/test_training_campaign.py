@@ -56,6 +56,10 @@ def test_a_second_session_resumes_where_the_first_stopped(tmp_path):
     assert campaign["sessions"][2]["overrides"] == {"lr_floor": 0.1, "lr_decay_iterations": [start, start + 2]}
     assert campaign["recipe"] == {"train_limit": 4, "val_limit": 2, "num_points": 500, "val_interval": 2}
     assert campaign["iterations"] >= start + 2
+    # best_model.pt holds the campaign's best validation, not the last session's
+    curve = [point for past in campaign["sessions"] for point in past["validation"]]
+    assert campaign["best"]["val_mean_dice"] == max(dice for _, dice in curve)
+    assert [campaign["best"]["epoch"], campaign["best"]["val_mean_dice"]] in curve
     saved = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert [group["lr"] for group in saved["optimizer"]["param_groups"]] == [pytest.approx(0.0003 * 0.1)]
 

@@ -8,7 +8,8 @@ session runs the bundle's own training workflow (``python -m monai.bundle run tr
 and iteration), and then keeps in that folder, for the next session and for git:
 
 - ``checkpoint.pt``: the newest trainer checkpoint (the last finished epoch);
-- ``best_model.pt``: the weights with the best validation Dice of this session;
+- ``best_model.pt``: the weights with the best validation Dice of the campaign (kept as ``best`` in campaign.json;
+  a session replaces them only with better ones: every session validates on the same organs);
 - ``train.log``: every session's log, appended;
 - ``campaign.json``: the recipe (the config overrides every session uses), and per session its start, minutes,
   device, first and last iteration and validation curve; totals of iterations and hours.
@@ -79,6 +80,18 @@ def seed_campaign(folder: Path, campaign: dict, checkpoint: Path) -> None:
     campaign["iterations"] = iteration
 
 
+def campaign_best(campaign: dict) -> dict | None:
+    """The epoch and validation Dice of ``best_model.pt``: stored as ``best``, or (campaigns from before it was
+    stored, whose last session wrote best_model.pt) the best point of the last session's curve."""
+    if "best" in campaign:
+        return campaign["best"]
+    curve = campaign["sessions"][-1]["validation"] if campaign["sessions"] else []
+    if not curve:
+        return None
+    epoch, dice = max(curve, key=lambda point: point[1])
+    return {"epoch": epoch, "val_mean_dice": dice}
+
+
 def trainer_iteration(checkpoint: Path) -> tuple[int, int]:
     """(epoch, iteration) stored in a trainer checkpoint (ignite keeps the iteration and the epoch length)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["trainer"]
@@ -129,8 +142,13 @@ def run_session(folder: Path, bundle: Path, campaign: dict, dataset_dir: str, mi
         newest = sorted(Path(run_dir).glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1]))
         if newest:
             shutil.copyfile(newest[-1], checkpoint)
-        if (Path(run_dir) / "model.pt").exists():
-            shutil.copyfile(Path(run_dir) / "model.pt", folder / "best_model.pt")
+        session_curve = [[int(e), float(v)] for e, v in VALIDATION.findall(log_text)]
+        best = campaign_best(campaign)
+        if (Path(run_dir) / "model.pt").exists() and session_curve:
+            epoch, dice = max(session_curve, key=lambda point: point[1])
+            if best is None or dice > best["val_mean_dice"]:
+                shutil.copyfile(Path(run_dir) / "model.pt", folder / "best_model.pt")
+                campaign["best"] = {"epoch": epoch, "val_mean_dice": dice}
         if result.returncode != 0:
             raise SystemExit(f"training failed (exit {result.returncode}); its log: {folder / 'train.log'}")
     end_epoch, end_iteration = trainer_iteration(checkpoint) if checkpoint.exists() else (0, 0)
@@ -139,7 +157,7 @@ def run_session(folder: Path, bundle: Path, campaign: dict, dataset_dir: str, mi
                "device": f"cpu, {threads} thread(s)" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
                "epochs": [start_epoch, end_epoch], "iterations": [start_iteration, end_iteration],
                **({"overrides": session_overrides} if session_overrides else {}),
-               "validation": [[int(e), float(v)] for e, v in VALIDATION.findall(log_text)]}
+               "validation": session_curve}
     campaign["sessions"].append(session)
     campaign["iterations"] = end_iteration
     campaign["hours"] = campaign.get("hours", 0.0) + seconds / 3600
