@@ -108,3 +108,14 @@ def test_spleen_split_rejects_the_truncated_spleen(kits_cases, caplog):
         items = msd_spleen_split(data, "train") + msd_spleen_split(data, "val")
     assert len(items) == 40 and "spleen_26" not in {i["case_id"] for i in items}
     assert "truncated" in caplog.text
+
+
+@pytest.mark.parametrize("limit", [1, 3, 12])
+def test_a_limited_split_is_the_first_usable_items_judging_only_as_many_as_it_needs(kits_cases, caplog, limit):
+    data = str(kits_cases.parents[1])
+    every = msd_spleen_split(data, "train")
+    with caplog.at_level(logging.INFO, logger="shapeqc.bundle.datalists"):
+        first = msd_spleen_split(data, "train", limit=limit)
+    assert first == every[:limit]
+    judged = int(caplog.text.split(" judged)")[0].rsplit("(", 1)[1])
+    assert limit <= judged < len(every)

@@ -32,9 +32,14 @@ LITS_IDENTITY_HEADER_CASES = tuple(f"liver_{number:03d}" for number in range(28,
 MSD_SPLEEN_LABELS = "msd_spleen/labels"
 
 
-def judged_items(items: list[dict], check_border: bool = True) -> tuple[list[dict], list[dict]]:
+def judged_items(items: list[dict], check_border: bool = True,
+                 limit: int | None = None) -> tuple[list[dict], list[dict]]:
     """Split items into (usable, rejected records): rejected are those a loader or organ check refuses
-    (empty, truncated by the border, unreadable, ...). Nothing is dropped silently: rejects are logged."""
+    (empty, truncated by the border, unreadable, ...). Nothing is dropped silently: rejects are logged.
+
+    ``limit``: the first ``limit`` usable items only (smoke runs, a calibration on the first N held-out organs),
+    the same as judging every item and keeping the first ``limit`` usable ones; items are judged in order, a
+    batch at a time, until that many are found (judging loads every mask: all 200 LiTS livers take minutes)."""
     load, check = LoadOrganMaskd("mask"), CheckOrganMaskd("mask", check_border=check_border)
 
     def refusal(item: dict) -> dict | None:
@@ -49,15 +54,28 @@ def judged_items(items: list[dict], check_border: bool = True) -> tuple[list[dic
     # were "missing"), so the threads get absolute paths, made before any of them starts
     prepared = [{key: str(Path(value).absolute()) if isinstance(value, str) and value and not Path(value).is_absolute()
                  and Path(value).exists() else value for key, value in item.items()} for item in items]
+    workers = min(8, os.cpu_count() or 1)
+    usable: list[dict] = []
+    rejected: list[dict] = []
+    judged = 0
     # decompression and labelling release the GIL: threads read a few hundred label maps several times faster
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        refusals = list(pool.map(refusal, prepared))
-    usable = [item for item, refused in zip(items, refusals, strict=True) if refused is None]
-    rejected = [refused for refused in refusals if refused is not None]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while judged < len(items) and (limit is None or len(usable) < limit):
+            batch = len(items) if limit is None else max(limit - len(usable), workers)
+            refusals = list(pool.map(refusal, prepared[judged:judged + batch]))
+            for item, refused in zip(items[judged:judged + batch], refusals, strict=True):
+                if refused is None:
+                    usable.append(item)
+                else:
+                    rejected.append(refused)
+            judged += len(refusals)
+    if limit is not None:
+        usable = usable[:limit]
     counts: dict[str, int] = {}
     for record in rejected:
         counts[record["error"]] = counts.get(record["error"], 0) + 1
-    logger.info("%d of %d cases usable; not judged: %s", len(usable), len(items), counts or "none")
+    logger.info("%d of %d cases usable (%d judged); not judged: %s", len(usable), len(items), judged,
+                counts or "none")
     return usable, rejected
 
 
@@ -70,8 +88,8 @@ def adrenalmnist3d_split(dataset_dir: str, split: str, limit: int | None = None)
     root = Path(dataset_dir)
     npz = root / ADRENALMNIST_FILE if (root / ADRENALMNIST_FILE).exists() else root / Path(ADRENALMNIST_FILE).name
     items = list(adrenalmnist3d_items(npz, arrays=(f"{split}_images",)))
-    usable, _ = judged_items(items)
-    return usable[:limit] if limit else usable
+    usable, _ = judged_items(items, limit=limit or None)
+    return usable
 
 
 def datalist_split(datalist_file: str, split: str, limit: int | None = None, check_border: bool = True) -> list[dict]:
@@ -84,8 +102,8 @@ def datalist_split(datalist_file: str, split: str, limit: int | None = None, che
         mask = Path(str(item["mask"]))
         if not mask.is_absolute():
             item["mask"] = str(Path(datalist_file).parent / mask)
-    usable, _ = judged_items(items, check_border=check_border)
-    return usable[:limit] if limit else usable
+    usable, _ = judged_items(items, check_border=check_border, limit=limit or None)
+    return usable
 
 
 def file_items(paths: list[str], organ: str | None = None) -> list[dict]:
@@ -122,8 +140,8 @@ def headneck_split(dataset_dir: str, organs: list[str], split: str, train_rater:
     held_out = {item["scan"] for item in scans["validation"]}
     rater = other_rater if split == "other_rater" else train_rater
     wanted = [item for item in items if item["rater"] == rater and (item["scan"] in held_out) == (split != "train")]
-    usable, _ = judged_items(wanted, check_border=check_border)
-    return usable[:limit] if limit else usable
+    usable, _ = judged_items(wanted, check_border=check_border, limit=limit or None)
+    return usable
 
 
 def label_map_split(dataset_dir: str, organ: str, labels: list[int], split: str, val_fraction: float = 0.15,
@@ -141,8 +159,8 @@ def label_map_split(dataset_dir: str, organ: str, labels: list[int], split: str,
     if exclude:
         logger.info("%s: %d excluded case ids never used", folder, len(exclude))
     splits = split_items(items, seed=seed, val_fraction=val_fraction)
-    usable, _ = judged_items(splits["training" if split == "train" else "validation"])
-    return usable[:limit] if limit else usable
+    usable, _ = judged_items(splits["training" if split == "train" else "validation"], limit=limit or None)
+    return usable
 
 
 def kits_kidney_split(dataset_dir: str, split: str, val_fraction: float = 0.15, seed: int = 0,
