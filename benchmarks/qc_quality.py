@@ -55,7 +55,8 @@ def command(args) -> str:
     return (f"python benchmarks/qc_quality.py --bundle bundles/{args.bundle.name} --cases {args.cases} "
             f"--train-limit {args.train_limit} --out {display_path(args.out)} --families {args.families}"
             + (" --spacing " + " ".join(f"{v:g}" for v in spacing) if spacing else "")
-            + (f" --swap-organ-from {display_path(args.swap_organ_from)}" if args.swap_organ_from else ""))
+            + (f" --swap-organ-from {display_path(args.swap_organ_from)}" if args.swap_organ_from else "")
+            + (f" --skip-cases {args.skip_cases}" if args.skip_cases else ""))
 
 
 def stored_scores(path: Path) -> dict:
@@ -72,6 +73,9 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "adrenal_gland")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--cases", type=int, default=30, help="clean val cases")
+    parser.add_argument("--skip-cases", type=int, default=0, metavar="K",
+                        help="leave out the first K val items: those that selected the weights (the train "
+                             "config's val_limit), so no clean case took part in a training decision")
     parser.add_argument("--train-limit", type=int, default=400, help="training masks fitting the baselines")
     parser.add_argument("--families", default="all", help="comma-separated families, or all (incl. the swaps)")
     parser.add_argument("--swap-organ-from", type=Path, default=None, metavar="BUNDLE",
@@ -103,7 +107,7 @@ def main() -> None:
         # the other organ of swap_organ: by default this repository's hippocampus (or adrenal) bundle
         swap_organ_from = args.swap_organ_from or organ_swap_source(args.bundle, ROOT / "bundles")
         scored = score_run(args.bundle, args.data, args.cases, args.train_limit, args.families,
-                           tuple(args.spacing) if args.spacing else None, swap_organ_from)
+                           tuple(args.spacing) if args.spacing else None, swap_organ_from, args.skip_cases)
         # read now rather than at start: a calibration finishing while the scores were computed is the shipped
         # one; a bundle not calibrated yet still gets its scores and AUROCs (shipped columns: --rescore later)
         scored.update(shipped_fields(shipped_profile(args.bundle, args.spacing, required=False)))

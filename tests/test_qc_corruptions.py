@@ -127,8 +127,9 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     uncalibrated = tmp_path / "uncalibrated" / "adrenal_gland"
     shutil.copytree(root / "bundles" / "adrenal_gland", uncalibrated)
     (uncalibrated / "configs" / "thresholds.json").unlink()
+    # the first val item left out (as a bundle leaves out those that selected its weights)
     result = subprocess.run([sys.executable, str(root / "benchmarks" / "qc_quality.py"), "--cases", "2",
-                             "--bundle", str(uncalibrated),
+                             "--skip-cases", "1", "--bundle", str(uncalibrated),
                              "--train-limit", "20", "--families", "plane_cut,swap_organ", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -139,6 +140,13 @@ def test_a_tiny_qc_benchmark_run_writes_its_table(tmp_path):
     assert "E rules" in table and "Quality estimation" in table
     scores = json.loads((tmp_path / "qc_quality.json").read_text())
     assert scores["clean_cases"] == 2 and scores["corrupted_cases"] == 6
+    from shapeqc.bundle.loading import bundle_datalist
+    from shapeqc.evaluation.protocol import _case_name
+
+    val_names = [_case_name(item) for item in bundle_datalist(uncalibrated, str(root.parent / "shared" / "data"))]
+    assert [c["case"] for c in scores["clean_scores"]] == val_names[1:3]
+    assert scores["skipped_cases"] == 1 and "--skip-cases 1" in scores["command"]
+    assert "Clean cases: 2 real val masks (after the first 1, which selected the weights)" in table
     assert scores["shipped_dice_threshold"] is None and scores["clean_fpr_at_shipped_threshold"] is None
     assert set(scores["families"]) == {'plane_cut {"fraction": 0.1}', 'plane_cut {"fraction": 0.3}', "swap_organ {}"}
     assert len(scores["clean_scores"]) == 2 and len(scores["corrupted_scores"]) == 6

@@ -240,12 +240,14 @@ def fit_baselines(bundle, train: list[tuple]) -> dict:
 
 def score_run(bundle_dir: Path, data: str, cases: int | None = 30, train_limit: int | None = 400,
               families: str = "all", spacing: tuple[float, float, float] | None = None,
-              swap_organ_from: Path | None = None) -> dict:
+              swap_organ_from: Path | None = None, skip_cases: int = 0) -> dict:
     """Builds the cases and scores every one of them with every method of :data:`SCORED` (the slow part).
 
     ``families``: "all" (every registry family and both swaps) or comma-separated names; ``spacing``: re-slice
     every mask as a CT acquisition at this voxel size (mm) first; ``swap_organ_from``: the bundle whose val
-    masks are the other organ (default :func:`organ_swap_source`)."""
+    masks are the other organ (default :func:`organ_swap_source`); ``skip_cases``: leave out the first val items
+    (those that selected the weights: a train config's ``val_limit``), so the clean cases are organs no training
+    decision has seen."""
     from shapeqc.bundle.loading import bundle_datalist, load_bundle
 
     bundle_dir = Path(bundle_dir)
@@ -257,7 +259,7 @@ def score_run(bundle_dir: Path, data: str, cases: int | None = 30, train_limit: 
     trained_families = list(bundle.metadata.get("training_corruptions", qc.TRAINED_FAMILIES))
     train = load_masks(bundle_datalist(bundle_dir, data, "train#datalist"), train_limit, spacing)
     baselines = fit_baselines(bundle, train)
-    val_items = bundle_datalist(bundle_dir, data, "validate#datalist")
+    val_items = bundle_datalist(bundle_dir, data, "validate#datalist")[skip_cases:]
     clean = load_masks(val_items, cases, spacing)
     # swaps are put in place on the masks as given (1 mm), then acquired like the clean mask
     as_given = load_masks(val_items, cases) if spacing else clean
@@ -275,12 +277,12 @@ def score_run(bundle_dir: Path, data: str, cases: int | None = 30, train_limit: 
     for case in corrupted:
         case["scores"] = score_all(bundle, baselines, case["mask"], case["affine"], case["organ"])
     # a real "plausible but different" set where the bundle has one (another rater's masks of the val scans)
-    plausible = load_masks(bundle_datalist(bundle_dir, data, "plausible#datalist"), cases, spacing)
+    plausible = load_masks(bundle_datalist(bundle_dir, data, "plausible#datalist")[skip_cases:], cases, spacing)
     plausible_scores = [score_all(bundle, baselines, m, a, o) for _, m, a, o in plausible]
 
     return {"bundle": str(bundle_dir.name), "spacing_mm": list(spacing) if spacing else None,
             "swap_organ_from": swap_organ_from.name if "swap_organ" in family_names else None,
-            "trained_families": trained_families, "train_masks": len(train),
+            "trained_families": trained_families, "train_masks": len(train), "skipped_cases": skip_cases,
             "seconds": round(time.perf_counter() - started, 1),
             # every score of every case, so other scores can be studied without re-running the reconstructions
             "clean_scores": [{"case": case_id, "scores": s} for (case_id, *_), s in zip(clean, clean_scores,

@@ -16,8 +16,9 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}` ({result['seconds']:.0f} s)"
              + (f"; tables rebuilt from its stored scores by `{result['rescored']}`" if result.get("rescored") else "")
              + f". Clean cases: {result['clean_cases']} real val "
-             f"masks; corrupted: {result['corrupted_cases']}; baselines fitted on {result['train_masks']} training "
-             "masks."
+             + (f"masks (after the first {result['skipped_cases']}, which selected the weights)"
+                if result.get("skipped_cases") else "masks")
+             + f"; corrupted: {result['corrupted_cases']}; baselines fitted on {result['train_masks']} training masks."
              + (" Every mask re-sliced as a CT acquisition at " + " x ".join(f"{v:g}" for v in result["spacing_mm"])
                 + " mm (tilt seeded per case) before corruption; shapeqc's threshold from the profile "
                 + str(result["threshold_profile"]) + "." if result.get("spacing_mm") else ""), "",

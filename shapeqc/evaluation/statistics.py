@@ -287,6 +287,7 @@ def tabulate(scored: dict) -> dict:
     return {key: scored[key] for key in ("bundle", "command", "spacing_mm", "threshold_profile")} | {
         "clean_cases": len(clean_scores), "corrupted_cases": len(cases), "plausible_set": other,
         "trained_families": scored["trained_families"], "train_masks": scored["train_masks"],
+        "skipped_cases": scored.get("skipped_cases", 0),
         "shipped_dice_threshold": shipped, "clean_fpr_at_shipped_threshold": clean_fpr_shipped,
         "clean_fpr_interval_95": (None if clean_fpr_shipped is None else wilson_interval(
             round(clean_fpr_shipped * len(clean_scores)), len(clean_scores))),
