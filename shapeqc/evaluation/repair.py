@@ -11,7 +11,7 @@ makes things worse scores below 0. The clean row gives Dice(reconstruction of th
 closely the prior keeps a clean organ (the Dice a clean organ scores in analysis). Everything is measured on the
 canonical grid (the prior's own space), so no resampling enters the figure.
 
-    python -m shapeqc.evaluation.repair --bundle bundles/kidney --limit 24 [--weights W.pt] \
+    python -m shapeqc.evaluation.repair --bundle bundles/kidney --limit 24 [--skip-cases K] [--weights W.pt] \
         [--set network_def#input_resolution_features=False] [--out repair.json]
 """
 
@@ -34,9 +34,10 @@ CLEAN = "clean"
 
 
 def held_out_grids(bundle_dir: str | Path, dataset_dir: str, limit: int | None = None,
-                   overrides: dict | None = None) -> list[tuple[str, np.ndarray]]:
+                   overrides: dict | None = None, skip: int = 0) -> list[tuple[str, np.ndarray]]:
     """(case name, (R, R, R) bool clean mask on the canonical grid) of the bundle's held-out split
-    (``validate#datalist`` without its limit), the first ``limit`` of them."""
+    (``validate#datalist`` without its limit), the first ``limit`` of them after the first ``skip`` (those that
+    selected the weights, as the train config's ``val_limit`` says)."""
     from monai.transforms import Compose
 
     from shapeqc.bundle.loading import TRAINING_CONFIGS, bundle_parser
@@ -45,7 +46,7 @@ def held_out_grids(bundle_dir: str | Path, dataset_dir: str, limit: int | None =
     parser = bundle_parser(bundle_dir, TRAINING_CONFIGS, dataset_dir=dataset_dir,
                            **{**(overrides or {}), "val_limit": None, "train_limit": None})
     to_grid = Compose(parser.get_parsed_content("canonical_grid_transforms"))
-    items = list(parser.get_parsed_content("validate#datalist"))
+    items = list(parser.get_parsed_content("validate#datalist"))[skip:]
     grids = []
     for item in items[:limit] if limit else items:
         out = to_grid(dict(item))
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="a state dict or trainer checkpoint instead of models/model.pt")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--limit", type=int, help="first N held-out organs")
+    parser.add_argument("--skip-cases", type=int, default=0, metavar="K",
+                        help="leave out the first K held-out organs (those that selected the weights)")
     parser.add_argument("--families", nargs="*", help=f"default: all of {', '.join(FAMILIES)}")
     parser.add_argument("--out", help="write rows and summary as JSON here")
     args = parser.parse_args(argv)
@@ -169,14 +172,14 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = parse_overrides(args.set)
     start = time.perf_counter()
-    grids = held_out_grids(args.bundle, args.dataset_dir, args.limit, overrides)
+    grids = held_out_grids(args.bundle, args.dataset_dir, args.limit, overrides, args.skip_cases)
     rows = repair_rows(bundle_reconstructor(args.bundle, args.weights, overrides), grids, args.families)
     table = summarise(rows)
     print(format_table(table))
     print(f"{len(grids)} held-out organs, {time.perf_counter() - start:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps({"bundle": str(args.bundle), "weights": args.weights,
-                                              "overrides": overrides, "summary": table, "rows": rows}, indent=1))
+                                              "overrides": overrides, "skipped_cases": args.skip_cases, "summary": table, "rows": rows}, indent=1))
     return 0
 
 
