@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.campaigns / bundle.name
     campaign = load_campaign(folder, bundle.name, parse_overrides(args.set))
     if args.start_from is not None:
-        seed_campaign(folder, campaign, args.start_from.resolve())
+        seed_campaign(folder, campaign, args.start_from)  # kept as typed: a repository path, not this machine's
     session = run_session(folder, bundle, campaign, args.dataset_dir, args.minutes, args.threads,
                           parse_overrides(args.session_set), args.decay)
     print(json.dumps(session))
