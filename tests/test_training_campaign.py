@@ -47,6 +47,16 @@ def test_a_second_session_resumes_where_the_first_stopped(tmp_path):
     log = (folder / "train.log").read_text()
     assert log.count("===== session") == 2
 
+    # a campaign from before ``best`` was stored (each session then wrote its own best to best_model.pt), whose
+    # last session validated better than the next will: that best stays the campaign's, now stored, and
+    # best_model.pt is kept
+    legacy = json.loads((folder / "campaign.json").read_text())
+    del legacy["best"]
+    legacy["sessions"][1]["validation"][0][1] = 1.0
+    (folder / "campaign.json").write_text(json.dumps(legacy))
+    kept_weights = (folder / "best_model.pt").read_bytes()
+    two = legacy["sessions"][1]
+
     # the annealing that ends a campaign: a session-only decay, counted from the checkpoint's iteration, which
     # leaves the recipe as it was; the rate it ends on is the schedule's, not the one saved in the checkpoint
     third = session(tmp_path, "--decay", "2", "--session-set", "lr_floor=0.1")
@@ -60,6 +70,8 @@ def test_a_second_session_resumes_where_the_first_stopped(tmp_path):
     curve = [point for past in campaign["sessions"] for point in past["validation"]]
     assert campaign["best"]["val_mean_dice"] == max(dice for _, dice in curve)
     assert [campaign["best"]["epoch"], campaign["best"]["val_mean_dice"]] in curve
+    assert campaign["best"] == {"epoch": two["validation"][0][0], "val_mean_dice": 1.0}
+    assert (folder / "best_model.pt").read_bytes() == kept_weights
     saved = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert [group["lr"] for group in saved["optimizer"]["param_groups"]] == [pytest.approx(0.0003 * 0.1)]
 

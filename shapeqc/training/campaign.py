@@ -148,7 +148,11 @@ def run_session(folder: Path, bundle: Path, campaign: dict, dataset_dir: str, mi
             epoch, dice = max(session_curve, key=lambda point: point[1])
             if best is None or dice > best["val_mean_dice"]:
                 shutil.copyfile(Path(run_dir) / "model.pt", folder / "best_model.pt")
-                campaign["best"] = {"epoch": epoch, "val_mean_dice": dice}
+                best = {"epoch": epoch, "val_mean_dice": dice}
+        if best is not None:
+            # stored even when kept: a campaign from before ``best`` was stored would otherwise derive it from the
+            # session appended below, whose curve is not what best_model.pt holds
+            campaign["best"] = best
         if result.returncode != 0:
             raise SystemExit(f"training failed (exit {result.returncode}); its log: {folder / 'train.log'}")
     end_epoch, end_iteration = trainer_iteration(checkpoint) if checkpoint.exists() else (0, 0)
