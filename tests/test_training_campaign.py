@@ -84,6 +84,8 @@ def test_a_second_session_resumes_where_the_first_stopped(tmp_path):
     assert variant.returncode == 0, variant.stderr[-3000:]
     seeded = json.loads((tmp_path / "variants" / BUNDLE.name / "campaign.json").read_text())
     assert seeded["started_from"]["iteration"] == campaign["iterations"]
+    assert seeded["started_from"]["hours"] == pytest.approx(campaign["hours"])
+    assert seeded["hours"] == pytest.approx(campaign["hours"] + seeded["sessions"][0]["minutes"] / 60)
     assert seeded["sessions"][0]["iterations"][0] == campaign["iterations"] and seeded["recipe"]["num_points"] == 1000
     again = session(tmp_path / "variants", "--start-from", str(folder / "checkpoint.pt"))
     assert again.returncode != 0 and "already holds a campaign" in again.stderr

@@ -70,14 +70,19 @@ def load_campaign(folder: Path, bundle_name: str, overrides: dict) -> dict:
 
 def seed_campaign(folder: Path, campaign: dict, checkpoint: Path) -> None:
     """Start the new ``campaign`` in ``folder`` from another campaign's trainer ``checkpoint`` (copied; its
-    iteration and path kept as ``started_from``)."""
+    iteration, path and training hours kept as ``started_from``)."""
     if campaign["sessions"] or (folder / "checkpoint.pt").exists():
         raise SystemExit(f"{folder} already holds a campaign: --start-from seeds a new one only")
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoint, folder / "checkpoint.pt")
     _, iteration = trainer_iteration(folder / "checkpoint.pt")
-    campaign["started_from"] = {"checkpoint": str(checkpoint), "iteration": iteration}
+    # the hours that trained those weights, from the campaign holding the checkpoint: iterations and hours stay
+    # cumulative for the prior, whichever folder its sessions ran in
+    source = Path(checkpoint).parent / "campaign.json"
+    hours = float(json.loads(source.read_text()).get("hours", 0.0)) if source.exists() else 0.0
+    campaign["started_from"] = {"checkpoint": str(checkpoint), "iteration": iteration, "hours": hours}
     campaign["iterations"] = iteration
+    campaign["hours"] = hours
 
 
 def campaign_best(campaign: dict) -> dict | None:
