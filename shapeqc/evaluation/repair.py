@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(grids)} held-out organs, {time.perf_counter() - start:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps({"bundle": str(args.bundle), "weights": args.weights,
-                                              "overrides": overrides, "skipped_cases": args.skip_cases, "summary": table, "rows": rows}, indent=1))
+                                              "overrides": overrides, "skipped_cases": args.skip_cases,
+                                              "summary": table, "rows": rows}, indent=1))
     return 0
 
 
