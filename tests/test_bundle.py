@@ -121,7 +121,14 @@ def test_two_process_distributed_training_on_cpu(tmp_path, adrenal_npz):
                           config_list(configs, "inference.yaml", "train.yaml", "multi_gpu_train.yaml"),
                           "--dataset_dir", str(adrenal_npz.parents[1]), "--epochs", "1", "--train_limit", "8",
                           "--val_limit", "2", *TINY]
-    output = run(command)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and "terminate called without an active exception" in result.stdout + result.stderr:
+        # a rank aborted by std::terminate in torch's native shutdown, seen once in 2026-12 CI and not reproduced
+        # (the same run passed alone): one more run; any other failure, or the same twice, fails the test
+        shutil.rmtree(root / "models", ignore_errors=True)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
     for rank in (0, 1):  # both ranks trained and validated
         assert re.search(rf"\[default{rank}\]:.*SupervisedTrainer - INFO - Engine run finished", output)
         assert re.search(rf"\[default{rank}\]:.*SupervisedEvaluator - INFO - Engine run finished", output)
