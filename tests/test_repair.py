@@ -59,6 +59,6 @@ def test_corruptions_are_seeded(spleen_grid):
 def test_skipping_the_organs_that_selected_the_weights(spleen_grid):
     """--skip-cases K: the held-out organs after the first K, in the split's order."""
     first_two = held_out_grids(ROOT / "bundles" / "spleen", str(SHARED_DATA), limit=2)
-    (name, grid), = held_out_grids(ROOT / "bundles" / "spleen", str(SHARED_DATA), limit=1, skip=1)
+    (name, grid), = held_out_grids(ROOT / "bundles" / "spleen", str(SHARED_DATA), limit=1, skip_cases=1)
     assert first_two[0][0] == spleen_grid[0][0] and name == first_two[1][0] != spleen_grid[0][0]
     assert np.array_equal(grid, first_two[1][1])

@@ -34,9 +34,9 @@ CLEAN = "clean"
 
 
 def held_out_grids(bundle_dir: str | Path, dataset_dir: str, limit: int | None = None,
-                   overrides: dict | None = None, skip: int = 0) -> list[tuple[str, np.ndarray]]:
+                   overrides: dict | None = None, skip_cases: int = 0) -> list[tuple[str, np.ndarray]]:
     """(case name, (R, R, R) bool clean mask on the canonical grid) of the bundle's held-out split
-    (``validate#datalist`` without its limit), the first ``limit`` of them after the first ``skip`` (those that
+    (``validate#datalist`` without its limit), the first ``limit`` of them after the first ``skip_cases`` (those that
     selected the weights, as the train config's ``val_limit`` says)."""
     from monai.transforms import Compose
 
@@ -46,7 +46,7 @@ def held_out_grids(bundle_dir: str | Path, dataset_dir: str, limit: int | None =
     parser = bundle_parser(bundle_dir, TRAINING_CONFIGS, dataset_dir=dataset_dir,
                            **{**(overrides or {}), "val_limit": None, "train_limit": None})
     to_grid = Compose(parser.get_parsed_content("canonical_grid_transforms"))
-    items = list(parser.get_parsed_content("validate#datalist"))[skip:]
+    items = list(parser.get_parsed_content("validate#datalist"))[skip_cases:]
     grids = []
     for item in items[:limit] if limit else items:
         out = to_grid(dict(item))
