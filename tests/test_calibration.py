@@ -32,6 +32,29 @@ def test_leave_one_out_rate_of_identical_scores_is_zero():
     assert leave_one_out_fpr([0.95] * 10, 0.05, "below") == 0.0
 
 
+def test_two_sources_weigh_alike_so_a_small_sources_tail_sets_the_threshold():
+    # 18 clean cases of a first source at 0.97-0.99, 2 of a second team that draws the organ otherwise (0.93, 0.95)
+    first, second = list(np.linspace(0.97, 0.99, 18)), [0.93, 0.95]
+    values, sources = first + second, ["first"] * 18 + ["second"] * 2
+    # pooled, the second team's organs are 2 of 20: the 5% quantile sits between them and flags one (50% of theirs)
+    assert threshold_at(values, 0.05, "below") == pytest.approx(0.949)
+    # as an equal mixture each of their organs weighs 1/4: 0.93 sits at 1/8 of the cumulative weight, above 5%, so
+    # the threshold stays below it (the lowest value: np.interp holds it there) and no organ of either is flagged
+    assert threshold_at(values, 0.05, "below", sources) == pytest.approx(0.93)
+    # surface distances: the same rule mirrored
+    assert threshold_at([-v for v in values], 0.05, "above", sources) == pytest.approx(-0.93)
+    # one source named: numpy's quantile, exactly as without sources
+    assert threshold_at(values, 0.05, "below", ["first"] * 20) == threshold_at(values, 0.05, "below")
+
+
+def test_leave_one_out_rate_by_source():
+    first, second = list(np.linspace(0.97, 0.99, 18)), [0.93, 0.95, 0.96, 0.96]
+    by_source = leave_one_out_fpr(first + second, 0.05, "below", ["first"] * 18 + ["second"] * 4)
+    # left out, the second team's 0.93 is judged against a threshold set on 0.95, 0.96, 0.96 (each weighing 1/6:
+    # 0.95 at 1/12 > 5%, so the threshold is 0.95): flagged; its others are not; no first-source organ is
+    assert by_source == {"first": 0.0, "second": 0.25}
+
+
 def test_the_benchmark_judges_masks_as_given_against_the_profile_calibrated_on_them(tmp_path):
     """A CT bundle's masks as given (5 mm slices) are nearer the tilted 0.8 x 0.8 x 2.5 mm profile than 1 mm is to
     either; the as-given benchmark must still use the as-given profile, and a --spacing run the nearest one."""

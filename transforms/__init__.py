@@ -4,6 +4,7 @@ Installed as ``shapeqc.transforms`` (folder ``transforms/``). Import flow: shape
 shapeqc.cuda_kernels. See README.md ("Grid convention") for axes and units.
 """
 
+from shapeqc.transforms.annotation_style import RandSinusCarved, convex_hull_mask
 from shapeqc.transforms.boundary_samples import BoundarySampled
 from shapeqc.transforms.canonical_grid import (
     CanonicalGrid,
@@ -50,6 +51,8 @@ __all__ = [
     "RandPatchCorruptiond",
     "RandPlaneCutd",
     "RandSliceDropd",
+    "RandSinusCarved",
+    "convex_hull_mask",
     "RandPerlinCorruptiond",
     "RandAcquisitionResliced",
     "acquisition_affine",

@@ -185,3 +185,22 @@ def msd_spleen_split(dataset_dir: str, split: str, val_fraction: float = 0.25, s
     """Usable MSD Task09 spleen masks, split by case (``spleen_26``, cut by its scan's border, is rejected)."""
     return label_map_split(dataset_dir, "spleen", [1], split, val_fraction=val_fraction, seed=seed, limit=limit,
                            folder=MSD_SPLEEN_LABELS)
+
+
+def calibration_items(dataset_dir: str, held_out: list[dict], held_out_name: str,
+                      second_sources: list[dict] | None = None) -> list[dict]:
+    """The clean organs a bundle is calibrated on, each tagged with its ``calibration_source``: the bundle's
+    ``held_out`` split (named ``held_out_name``), then the usable organs of every ``second_sources`` entry,
+    ``{"name", "folder" (label maps, under ``dataset_dir``), "organ", "labels"}``: other annotation teams' clean
+    organs, so that thresholds hold across sources (:func:`shapeqc.scoring.thresholds.threshold_at`). A folder that is
+    not there is an error that names it (a calibration never silently falls back to one source)."""
+    items = [{**item, "calibration_source": held_out_name} for item in held_out]
+    for source in second_sources or []:
+        folder = Path(dataset_dir) / source["folder"]
+        if not folder.is_dir():
+            raise FileNotFoundError(f"calibration source {source['name']!r}: folder {folder} not found")
+        usable, _ = judged_items([{**item, "calibration_source": source["name"]} for item in
+                                  label_map_folder_items(folder, source["organ"], list(source["labels"]))])
+        logger.info("calibration source %s: %d usable organs in %s", source["name"], len(usable), folder)
+        items += usable
+    return items

@@ -100,6 +100,9 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     ``refine_steps``: test-time refinement per case (thresholds hold only for analyses run the same way).
     ``bundle``: an already loaded bundle (e.g. the network a ``monai.bundle`` evaluator just ran) instead of
     loading ``bundle_dir``'s weights.
+    Items of several sources (``calibration_source``, :func:`shapeqc.bundle.datalists.calibration_items`) weigh each
+    source alike in the thresholds; the profile then records ``clean_cases_by_source`` and each metric's
+    ``leave_one_out_fpr_by_source``.
     """
     bundle = bundle or load_bundle(bundle_dir, device, refine_steps=refine_steps)
     organ = organ or (bundle.organs[0] if bundle.organs else "")
@@ -132,10 +135,13 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
             quality_rows.append((f"quality_{name}", group, features, dice(corrupted, mask), scores["dice"]))
         logger.info("calibration %s: case %d of %d done (%.0f s)", profile_tag(spacing_mm), index + 1, len(items),
                     time.perf_counter() - start)
+    # the source of each clean case (items of several annotation teams: ``calibration_source``); None: one source
+    sources = [str(item.get("calibration_source", "")) for item in items]
+    sources = sources if len(set(sources)) > 1 else None
     metrics = {}
     for metric in METRICS:
         clean = np.array([s[metric] for s in clean_scores], dtype=float)
-        metrics[metric] = metric_rule(clean, target_fpr, metric, enabled=metric == "dice")
+        metrics[metric] = metric_rule(clean, target_fpr, metric, enabled=metric == "dice", sources=sources)
     families_report = {}
     for name, scores in family_scores.items():
         families_report[name] = {"cases": len(scores),
@@ -152,6 +158,8 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     estimator, quality_report = fit_quality(quality_rows, clean_scores, family_scores)
     profile = {"spacing_mm": None if spacing_mm is None else [float(v) for v in spacing_mm], "metrics": metrics,
                "target_fpr": target_fpr, "clean_cases": len(clean_scores), "data": data_description,
+               **({"clean_cases_by_source": {name: sources.count(name) for name in sorted(set(sources))}}
+                  if sources else {}),
                "refine_steps": bundle.refine_steps,
                # the clean masks' median voxel size (sorted, mm): where the profile stands among input spacings
                "data_spacing_mm": [round(float(v), 3) for v in np.median(spacings, axis=0)] if spacings else None,
@@ -159,6 +167,7 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
                "quality_estimator": estimator}
     report = {"thresholds": profile, "families": families_report, "quality": quality_report,
               "seconds": round(time.perf_counter() - start, 1), "clean_scores": clean_scores,
+              "clean_sources": sources,
               "family_scores": family_scores,
               "quality_rows": [{"family": f, "case": g, "features": x, "true_dice": t}
                                for f, g, x, t, _ in quality_rows]}
@@ -250,7 +259,9 @@ def calibrate_profiles(bundle_dir: str, items: list[dict], spacings: list, targe
                        training_items: list[dict] | None = None) -> list[dict]:
     """:func:`calibrate` once per acquisition spacing (None: as given), each written as its own profile; with
     ``training_items``, the plausibility bounds from those training masks too (:func:`plausibility_bounds`)."""
-    description = f"{data_description} ({len(items)} clean cases)"
+    names = [item.get("calibration_source") for item in items]
+    counts = ", ".join(f"{name} {names.count(name)}" for name in dict.fromkeys(names)) if len(set(names)) > 1 else ""
+    description = f"{data_description} ({len(items)} clean cases{': ' + counts if counts else ''})"
     bounds = plausibility_bounds(training_items) if training_items else None
     reports = [calibrate(bundle_dir, items, target_fpr=target_fpr, bundle=bundle, data_description=description,
                          spacing_mm=None if spacing is None else tuple(spacing), write=False) for spacing in spacings]

@@ -37,30 +37,65 @@ def badness(metric: str, values, worse_when: str | None = None) -> np.ndarray:
     return -values if direction == "below" else values
 
 
-def threshold_at(values, target_fpr: float, worse_when: str) -> float:
+def source_weights(sources) -> np.ndarray | None:
+    """Weights (N,) of clean cases from the ``sources`` (N,) they came from, so that every source weighs as much as
+    any other (each case 1 / its source's size, summing to 1); None for one source (every case alike)."""
+    if sources is None:
+        return None
+    names, index, counts = np.unique(np.asarray(sources, dtype=str), return_inverse=True, return_counts=True)
+    if len(names) < 2:
+        return None
+    return 1.0 / (counts[index] * len(names))
+
+
+def threshold_at(values, target_fpr: float, worse_when: str, sources=None) -> float:
     """The threshold flagging ``target_fpr`` of the clean ``values`` (N,): their ``target_fpr`` quantile for a
-    metric worse below it (Dice), their ``1 - target_fpr`` quantile otherwise (surface distances, mm)."""
+    metric worse below it (Dice), their ``1 - target_fpr`` quantile otherwise (surface distances, mm).
+
+    ``sources`` (N,): the source (annotation team, hospital) of each clean case. With more than one, the quantile is
+    that of the sources' equal mixture (:func:`source_weights`; each case at the middle of its weight in the
+    cumulative sum, interpolated linearly), so that a small second source's tail counts as much as a large first
+    one's: the sources' false-positive rates average ``target_fpr``, none is above ``target_fpr`` times their
+    number. One source: numpy's linear quantile, as before there were several."""
     quantile = target_fpr if worse_when == "below" else 1.0 - target_fpr
-    return float(np.quantile(np.asarray(values, float), quantile))
+    values = np.asarray(values, float)
+    weights = source_weights(sources)
+    if weights is None:
+        return float(np.quantile(values, quantile))
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    return float(np.interp(quantile, cumulative - weights[order] / 2, values[order]))
 
 
-def leave_one_out_fpr(values, target_fpr: float, worse_when: str) -> float:
+def leave_one_out_fpr(values, target_fpr: float, worse_when: str, sources=None) -> float | dict:
     """The false-positive rate to expect of :func:`threshold_at` on a clean case it was not set on: every clean
     case of ``values`` (N,), N >= 2, judged against the threshold set on the other N - 1. The rate on the cases
     the threshold was set on is the target by construction; this one is what a new clean organ from the same
-    population sees."""
+    population sees. With ``sources`` (N,), the thresholds are set as :func:`threshold_at` sets them on several
+    sources, and the result is ``{source: rate among that source's cases}``."""
     values = np.asarray(values, float)
-    flagged = sum(bool(is_worse(value, threshold_at(np.delete(values, index), target_fpr, worse_when), worse_when))
-                  for index, value in enumerate(values))
-    return flagged / len(values)
+    labels = None if sources is None else np.asarray(sources, dtype=str)
+    flagged = np.array([bool(is_worse(value, threshold_at(
+        np.delete(values, index), target_fpr, worse_when, None if labels is None else np.delete(labels, index)),
+        worse_when)) for index, value in enumerate(values)])
+    if labels is None:
+        return float(flagged.mean())
+    return {str(name): float(flagged[labels == name].mean()) for name in np.unique(labels)}
 
 
-def metric_rule(values, target_fpr: float, metric: str, enabled: bool) -> dict:
-    """One metric's entry of a profile, set on the clean ``values`` (N,)."""
+def metric_rule(values, target_fpr: float, metric: str, enabled: bool, sources=None) -> dict:
+    """One metric's entry of a profile, set on the clean ``values`` (N,) (from ``sources`` (N,), see
+    :func:`threshold_at`); with several sources also ``leave_one_out_fpr_by_source``, and ``leave_one_out_fpr`` is
+    then the sources' mean (each source weighs alike, as in the threshold)."""
     worse_when = WORSE_WHEN[metric]
-    rule = {"threshold": threshold_at(values, target_fpr, worse_when), "worse_when": worse_when,
-            "enabled": bool(enabled)}
-    if len(values) >= 2:
+    several = source_weights(sources) is not None
+    rule = {"threshold": threshold_at(values, target_fpr, worse_when, sources if several else None),
+            "worse_when": worse_when, "enabled": bool(enabled)}
+    if len(values) >= 2 and several:
+        by_source = leave_one_out_fpr(values, target_fpr, worse_when, sources)
+        rule["leave_one_out_fpr"] = float(np.mean(list(by_source.values())))
+        rule["leave_one_out_fpr_by_source"] = by_source
+    elif len(values) >= 2:
         rule["leave_one_out_fpr"] = leave_one_out_fpr(values, target_fpr, worse_when)
     return rule
 

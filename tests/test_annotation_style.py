@@ -1,0 +1,90 @@
+"""Annotation-style re-drawing of clean organs (issue 31, item 3): the renal sinus carved as a branched cavity from the
+hilum, and the convex hull it finds the hilum with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from monai.transforms import Compose
+from scipy import ndimage
+
+from shapeqc.transforms import RandSinusCarved, convex_hull_mask
+from tests.test_spatial_augmentation import train_config
+
+
+def kidney_like(size: int = 48) -> np.ndarray:
+    """(size,) * 3 bool: an ellipsoid (radii 18, 12, 12 voxels) with a wedge-shaped hilum cut into one long side."""
+    x, y, z = np.meshgrid(*[np.arange(size) - size / 2 + 0.5] * 3, indexing="ij")
+    organ = (x / 18) ** 2 + (y / 12) ** 2 + (z / 12) ** 2 <= 1
+    hilum = (y > 2) & (np.abs(x) < (y - 2) * 0.9) & (np.abs(z) < 5)
+    return organ & ~hilum
+
+
+def test_convex_hull_of_an_l_shaped_plate_fills_its_corner_exactly():
+    organ = np.zeros((12, 12, 3), dtype=bool)
+    organ[:10, :4] = organ[:4, :10] = True
+    x, y = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    # the hull of the centres: the square [0, 9]^2 below the line through (9, 3) and (3, 9)
+    expected = ((x <= 9) & (y <= 9) & (x + y <= 12))[:, :, None].repeat(3, axis=2)
+    np.testing.assert_array_equal(convex_hull_mask(organ), expected)
+
+
+def test_convex_hull_of_a_flat_organ_is_the_organ():
+    organ = np.zeros((8, 8, 8), dtype=bool)
+    organ[2:6, 2:6, 4] = True
+    np.testing.assert_array_equal(convex_hull_mask(organ), organ)
+
+
+# the defaults, and wide tubes that would reach the outer surface if the cortex were not kept
+@pytest.mark.parametrize("seed,radius_range", [(0, None), (1, None), (2, None), (3, (2.5, 3.5)), (4, (2.5, 3.5))])
+def test_sinus_carving_opens_a_branched_cavity_into_the_hilum_and_keeps_the_outer_surface(seed, radius_range):
+    organ = kidney_like()
+    wide = {} if radius_range is None else {"radius_range": radius_range, "max_carved_fraction": 0.3}
+    carve = RandSinusCarved(keys="mask", prob=1.0, **wide)
+    carve.set_random_state(seed)
+    carved = carve.change(organ) > 0
+    removed = organ & ~carved
+    assert carved.dtype == bool and not (carved & ~organ).any()
+    assert 0.002 < removed.sum() / organ.sum() <= carve.max_carved_fraction
+    assert ndimage.label(carved)[1] == 1
+    # nothing within the cortex of the hull's outside is carved: the outer surface is the organ's own
+    hull = convex_hull_mask(organ)
+    depth = ndimage.distance_transform_edt(np.pad(hull, 1))[1:-1, 1:-1, 1:-1]
+    assert not (removed & (depth < carve.cortex_voxels)).any()
+    # the cavity opens into the hilum: the carved voxels lie in the hilum's part of the space the organ leaves free
+    space, _ = ndimage.label(hull & ~carved)
+    hilum_part = np.bincount(space[hull & ~organ]).argmax()
+    assert (space[removed] == hilum_part).mean() > 0.9
+
+
+def test_sinus_carving_is_seeded_and_leaves_convex_organs_alone():
+    organ = kidney_like()
+    first, second, other = (RandSinusCarved(keys="mask", prob=1.0) for _ in range(3))
+    first.set_random_state(5)
+    second.set_random_state(5)
+    other.set_random_state(6)
+    np.testing.assert_array_equal(first.change(organ), second.change(organ))
+    assert (first.change(organ) != other.change(organ)).any()
+    x, y, z = np.meshgrid(*[np.arange(32) - 15.5] * 3, indexing="ij")
+    ball = x**2 + y**2 + z**2 <= 12**2
+    np.testing.assert_array_equal(first.change(ball) > 0, ball)
+
+
+def test_sinus_carving_as_the_kidney_training_pipeline_runs_it_on_a_real_kits_kidney(tmp_path):
+    off = train_config("kidney", 0.0, tmp_path)
+    assert "RandSinusCarved" not in [type(t).__name__ for t in off.get_parsed_content("train#random_transforms")]
+    config = train_config("kidney", 0.0, tmp_path)
+    config["sinus_carving_prob"] = 1.0
+    on = config.get_parsed_content("train#random_transforms")
+    names = [type(t).__name__ for t in on]
+    # on the clean organ, before it is copied into the input: the target carries the style too
+    assert names.index("RandSinusCarved") < names.index("CopyItemsd")
+    grid = Compose(config.get_parsed_content("canonical_grid_transforms"))(
+        dict(config.get_parsed_content("train#datalist")[0]))
+    clean = np.asarray(grid["mask"][0]) > 0
+    carving = on[names.index("RandSinusCarved")]
+    carving.set_random_state(0)
+    carved = carving(dict(grid))["mask"]
+    assert carved.shape == grid["mask"].shape and carved.dtype == grid["mask"].dtype
+    removed = clean & ~(np.asarray(carved[0]) > 0)
+    assert 0.003 < removed.sum() / clean.sum() < 0.08

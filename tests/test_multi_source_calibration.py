@@ -1,0 +1,63 @@
+"""Calibration on clean organs of more than one source (issue 31, item 3): the kidney bundle's evaluate config reads a
+second annotation team's label maps beside its held-out KiTS kidneys, and the thresholds weigh each source alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shapeqc.bundle.datalists import calibration_items
+from shapeqc.bundle.loading import bundle_parser, load_bundle
+from shapeqc.calibration.profiles import calibrate
+from shapeqc.scoring.thresholds import leave_one_out_fpr, threshold_at
+from tests.conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+EVALSEG_KIDNEYS = {"name": "evalseg expert", "folder": "evalseg_multiorgan/gt", "organ": "kidney_left",
+                   "labels": [3]}
+
+
+BUNDLE = ROOT / "bundles" / "kidney"
+CONFIGS = ("inference.yaml", "train.yaml", "evaluate.yaml")
+
+
+@pytest.fixture(scope="module")
+def kidney_calibration_items() -> list[dict]:
+    """The kidney bundle's calibration items with evalseg's kidneys as a second source, as its evaluate config
+    parses them (the first 2 held-out KiTS kidneys)."""
+    parser = bundle_parser(BUNDLE, CONFIGS, dataset_dir=str(SHARED_DATA), val_limit=2,
+                           calibration_second_sources=[EVALSEG_KIDNEYS])
+    return parser.get_parsed_content("calibrate#items")
+
+
+def test_second_source_items_are_tagged_and_a_missing_folder_is_named(kidney_calibration_items):
+    # the shipped config calibrates on KiTS alone; a second source is one override away
+    assert bundle_parser(BUNDLE, CONFIGS).get_parsed_content("calibration_second_sources") == []
+    kits, evalseg = kidney_calibration_items[:2], kidney_calibration_items[2:]
+    assert [item["calibration_source"] for item in kits] == ["KiTS23 held-out"] * 2
+    assert [item["case_id"] for item in evalseg] == ["11", "13", "15", "18", "21", "28", "37", "43", "7"]
+    assert {(item["calibration_source"], item["organ"], tuple(item["labels"])) for item in evalseg} == {
+        ("evalseg expert", "kidney_left", (3,))}
+    with pytest.raises(FileNotFoundError, match="evalseg_multiorgan/nowhere"):
+        calibration_items(str(SHARED_DATA), kits, "KiTS23 held-out",
+                          [{**EVALSEG_KIDNEYS, "folder": "evalseg_multiorgan/nowhere"}])
+
+
+def test_kidney_bundle_calibrated_on_kits_and_evalseg_kidneys_weighs_the_sources_alike(kidney_calibration_items):
+    bundle_dir = BUNDLE
+    items = kidney_calibration_items
+    items = items[:2] + [item for item in items if item["case_id"] in ("7", "18")]
+    assert [item["calibration_source"] for item in items] == ["KiTS23 held-out"] * 2 + ["evalseg expert"] * 2
+    report = calibrate(str(bundle_dir), items, write=False, bundle=load_bundle(bundle_dir))
+    profile = report["thresholds"]
+    assert profile["clean_cases_by_source"] == {"KiTS23 held-out": 2, "evalseg expert": 2}
+    dice = np.array([scores["dice"] for scores in report["clean_scores"]])
+    sources = report["clean_sources"]
+    rule = profile["metrics"]["dice"]
+    assert rule["threshold"] == threshold_at(dice, 0.05, "below", sources)
+    # the equal mixture's 5% quantile: with two organs per source at 1/4 each, the lowest organ's own value
+    assert rule["threshold"] == pytest.approx(dice.min())
+    assert rule["leave_one_out_fpr_by_source"] == leave_one_out_fpr(dice, 0.05, "below", sources)
+    assert rule["leave_one_out_fpr"] == np.mean(list(rule["leave_one_out_fpr_by_source"].values()))
