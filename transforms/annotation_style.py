@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from monai.config import KeysCollection
+from monai.transforms.utils import get_largest_connected_component_mask
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
@@ -130,8 +131,5 @@ class RandSinusCarved(InPlaceGridTransform):
         carve = self.cavity(organ)
         if not carve.any() or carve.sum() > self.max_carved_fraction * organ.sum():
             return organ.astype(np.uint8)
-        carved = organ & ~carve
-        labels, count = ndimage.label(carved)
-        if count > 1:
-            carved = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-        return carved.astype(np.uint8)
+        # face-connected parts, as scipy's default labelling counts them
+        return get_largest_connected_component_mask(organ & ~carve, connectivity=1).astype(np.uint8)

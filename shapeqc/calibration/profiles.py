@@ -88,6 +88,13 @@ def acquisition(mask: np.ndarray, affine: np.ndarray, spacing_mm, case_id: str, 
     return reslice_mask(mask, affine, tuple(spacing_mm), tuple(rng.uniform(-20, 20, 3)), pad_voxels)
 
 
+def item_sources(items: list[dict]) -> list[str] | None:
+    """The source of each calibration item (``calibration_source``, set by
+    :func:`shapeqc.bundle.datalists.calibration_items`), or None when they all come from one source."""
+    sources = [str(item.get("calibration_source", "")) for item in items]
+    return sources if len(set(sources)) > 1 else None
+
+
 def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, organ: str | None = None,
               data_description: str = "", write: bool = True, device: str = "cpu",
               spacing_mm: tuple[float, float, float] | None = None, refine_steps: int = 0,
@@ -135,9 +142,7 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
             quality_rows.append((f"quality_{name}", group, features, dice(corrupted, mask), scores["dice"]))
         logger.info("calibration %s: case %d of %d done (%.0f s)", profile_tag(spacing_mm), index + 1, len(items),
                     time.perf_counter() - start)
-    # the source of each clean case (items of several annotation teams: ``calibration_source``); None: one source
-    sources = [str(item.get("calibration_source", "")) for item in items]
-    sources = sources if len(set(sources)) > 1 else None
+    sources = item_sources(items)
     metrics = {}
     for metric in METRICS:
         clean = np.array([s[metric] for s in clean_scores], dtype=float)
@@ -259,8 +264,8 @@ def calibrate_profiles(bundle_dir: str, items: list[dict], spacings: list, targe
                        training_items: list[dict] | None = None) -> list[dict]:
     """:func:`calibrate` once per acquisition spacing (None: as given), each written as its own profile; with
     ``training_items``, the plausibility bounds from those training masks too (:func:`plausibility_bounds`)."""
-    names = [item.get("calibration_source") for item in items]
-    counts = ", ".join(f"{name} {names.count(name)}" for name in dict.fromkeys(names)) if len(set(names)) > 1 else ""
+    sources = item_sources(items)
+    counts = ", ".join(f"{name} {sources.count(name)}" for name in dict.fromkeys(sources)) if sources else ""
     description = f"{data_description} ({len(items)} clean cases{': ' + counts if counts else ''})"
     bounds = plausibility_bounds(training_items) if training_items else None
     reports = [calibrate(bundle_dir, items, target_fpr=target_fpr, bundle=bundle, data_description=description,

@@ -88,15 +88,16 @@ def metric_rule(values, target_fpr: float, metric: str, enabled: bool, sources=N
     :func:`threshold_at`); with several sources also ``leave_one_out_fpr_by_source``, and ``leave_one_out_fpr`` is
     then the sources' mean (each source weighs alike, as in the threshold)."""
     worse_when = WORSE_WHEN[metric]
-    several = source_weights(sources) is not None
-    rule = {"threshold": threshold_at(values, target_fpr, worse_when, sources if several else None),
-            "worse_when": worse_when, "enabled": bool(enabled)}
-    if len(values) >= 2 and several:
+    rule = {"threshold": threshold_at(values, target_fpr, worse_when, sources), "worse_when": worse_when,
+            "enabled": bool(enabled)}
+    if len(values) < 2:
+        return rule
+    if source_weights(sources) is None:
+        rule["leave_one_out_fpr"] = leave_one_out_fpr(values, target_fpr, worse_when)
+    else:
         by_source = leave_one_out_fpr(values, target_fpr, worse_when, sources)
         rule["leave_one_out_fpr"] = float(np.mean(list(by_source.values())))
         rule["leave_one_out_fpr_by_source"] = by_source
-    elif len(values) >= 2:
-        rule["leave_one_out_fpr"] = leave_one_out_fpr(values, target_fpr, worse_when)
     return rule
 
 
