@@ -8,7 +8,7 @@ import pytest
 from monai.transforms import Compose
 from scipy import ndimage
 
-from shapeqc.transforms import RandSinusCarved, convex_hull_mask
+from shapeqc.transforms import RandOutlineRestyled, RandSinusCarved, convex_hull_mask, signed_distance
 from tests.test_spatial_augmentation import train_config
 
 
@@ -88,3 +88,83 @@ def test_sinus_carving_as_the_kidney_training_pipeline_runs_it_on_a_real_kits_ki
     assert carved.shape == grid["mask"].shape and carved.dtype == grid["mask"].dtype
     removed = clean & ~(np.asarray(carved[0]) > 0)
     assert 0.003 < removed.sum() / clean.sum() < 0.08
+
+
+def ball(radius: float, size: int = 40) -> np.ndarray:
+    x, y, z = np.meshgrid(*[np.arange(size) - size / 2 + 0.5] * 3, indexing="ij")
+    return x**2 + y**2 + z**2 <= radius**2
+
+
+def test_signed_distance_of_a_cube_is_half_a_voxel_either_side_of_its_faces():
+    cube = np.zeros((9, 9, 9), dtype=bool)
+    cube[3:6, 3:6, 3:6] = True
+    distance = signed_distance(cube)
+    assert distance[4, 4, 4] == -1.5  # the centre: 2 voxels from the nearest outside centre
+    assert distance[3, 4, 4] == -0.5 and distance[2, 4, 4] == 0.5  # a face voxel and its outside neighbour
+    assert distance[2, 2, 2] == pytest.approx(np.sqrt(3) - 0.5)  # diagonal to the corner voxel
+    # the array's border counts as outside: an organ filling the array is half a voxel deep at its faces
+    assert signed_distance(np.ones((3, 3, 3), dtype=bool))[0, 1, 1] == -0.5
+
+
+def test_unsmoothed_outline_moves_in_whole_voxels_only():
+    organ = ball(8.0)
+    # voxel centres sit at +-0.5, 1.5, ... (sqrt-distances between): below half a voxel nothing moves; the first
+    # step out takes the face neighbours (a dilation by the 6-neighbourhood), the first step in drops the face voxels
+    for shift, expected in [(0.45, organ), (-0.5, organ), (0.5, ndimage.binary_dilation(organ)),
+                            (-0.51, ndimage.binary_erosion(organ))]:
+        restyle = RandOutlineRestyled(keys="mask", prob=1.0, shift_range=(shift, shift), sigma_range=(0.0, 0.0))
+        np.testing.assert_array_equal(restyle.change(organ) > 0, expected)
+
+
+# a smoothed outline follows the shift below a voxel: a ball's equivalent radius moves with it, monotonically, by
+# less than a voxel (measured: shift -0.45 / +0.45 -> -0.57 to -0.62 / +0.33 to +0.45 voxel; the voxel distance
+# transform makes the steps inwards a little longer; a wide smoothing shrinks a curved outline by about
+# sigma^2 / radius: 0.16 voxel at sigma 1.25 on this ball)
+@pytest.mark.parametrize("sigma", [0.75, 1.0, 1.25])
+def test_smoothed_outline_moves_with_the_sub_voxel_shift(sigma):
+    organ = ball(10.3)
+    reference = (3 * organ.sum() / (4 * np.pi)) ** (1 / 3)
+    shifts = [-0.45, -0.2, 0.0, 0.2, 0.45]
+    moved = []
+    for shift in shifts:
+        restyle = RandOutlineRestyled(keys="mask", prob=1.0, shift_range=(shift, shift), sigma_range=(sigma, sigma))
+        restyled = restyle.change(organ) > 0
+        assert ndimage.label(restyled)[1] == 1
+        moved.append((3 * restyled.sum() / (4 * np.pi)) ** (1 / 3) - reference)
+    assert all(a < b for a, b in zip(moved[:-1], moved[1:], strict=True))
+    assert -sigma**2 / 10.3 - 0.03 < moved[2] < 0.03
+    assert all(np.sign(m) == np.sign(s) for m, s in zip(moved, shifts, strict=True) if s)
+    assert max(abs(m) for m in moved) < 0.75 and min(abs(m) for m, s in zip(moved, shifts, strict=True) if s) > 0.03
+
+
+def test_outline_restyling_is_seeded_and_refuses_to_wipe_out_an_organ():
+    organ = kidney_like()
+    first, second, other = (RandOutlineRestyled(keys="mask", prob=1.0) for _ in range(3))
+    first.set_random_state(3)
+    second.set_random_state(3)
+    other.set_random_state(4)
+    np.testing.assert_array_equal(first.change(organ), second.change(organ))
+    assert (first.change(organ) != other.change(organ)).any()
+    # a plate one voxel thick has no voxel deeper than -0.5: a shift inwards would empty it, so it is kept
+    plate = np.zeros((12, 12, 12), dtype=bool)
+    plate[2:10, 2:10, 6] = True
+    inward = RandOutlineRestyled(keys="mask", prob=1.0, shift_range=(-0.45, -0.45), sigma_range=(1.0, 1.0))
+    np.testing.assert_array_equal(inward.change(plate) > 0, plate)
+
+
+def test_outline_restyling_precedes_the_carving_in_the_kidney_training_pipeline(tmp_path):
+    config = train_config("kidney", 0.0, tmp_path)
+    assert "RandOutlineRestyled" not in [type(t).__name__ for t in config.get_parsed_content("train#random_transforms")]
+    config = train_config("kidney", 0.0, tmp_path)
+    config["outline_style_prob"] = config["sinus_carving_prob"] = 1.0
+    transforms = config.get_parsed_content("train#random_transforms")
+    names = [type(t).__name__ for t in transforms]
+    assert names.index("RandOutlineRestyled") < names.index("RandSinusCarved") < names.index("CopyItemsd")
+    grid = Compose(config.get_parsed_content("canonical_grid_transforms"))(
+        dict(config.get_parsed_content("train#datalist")[0]))
+    clean = np.asarray(grid["mask"][0]) > 0
+    restyle = transforms[names.index("RandOutlineRestyled")]
+    restyle.set_random_state(0)
+    restyled = np.asarray(restyle(dict(grid))["mask"][0]) > 0
+    # a real kidney's outline moved by at most 0.45 voxel: the volume within the measured +-13%
+    assert (restyled != clean).any() and 0.85 < restyled.sum() / clean.sum() < 1.15

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapeqc.bundle.datalists import calibration_items
+from shapeqc.bundle.datalists import calibration_items, kits_kidney_split
 from shapeqc.bundle.loading import bundle_parser, load_bundle
 from shapeqc.calibration.profiles import calibrate
 from shapeqc.scoring.thresholds import leave_one_out_fpr, threshold_at
@@ -43,6 +43,20 @@ def test_second_source_items_are_tagged_and_a_missing_folder_is_named(kidney_cal
     with pytest.raises(FileNotFoundError, match="evalseg_multiorgan/nowhere"):
         calibration_items(str(SHARED_DATA), kits, "KiTS23 held-out",
                           [{**EVALSEG_KIDNEYS, "folder": "evalseg_multiorgan/nowhere"}])
+
+
+def test_kidney_training_selects_weights_on_a_second_source_when_asked():
+    """Cross-source validation: the train config's validation organs are the held-out KiTS kidneys, plus, when
+    ``validation_second_sources`` names them, evalseg's expert kidneys; the evaluate config never takes them into the
+    calibration as KiTS kidneys."""
+    shipped = bundle_parser(BUNDLE, CONFIGS[:2], dataset_dir=str(SHARED_DATA), val_limit=2)
+    assert [item["case_id"] for item in shipped.get_parsed_content("validate#datalist")] == [
+        item["case_id"] for item in kits_kidney_split(str(SHARED_DATA), "val", limit=2)]
+    crossed = bundle_parser(BUNDLE, CONFIGS[:2], dataset_dir=str(SHARED_DATA), val_limit=2,
+                            validation_second_sources=[EVALSEG_KIDNEYS]).get_parsed_content("validate#datalist")
+    assert len(crossed) == 11 and "validation_source" not in crossed[0]
+    assert {(item["validation_source"], item["organ"]) for item in crossed[2:]} == {("evalseg expert", "kidney_left")}
+    assert bundle_parser(BUNDLE, CONFIGS).get_parsed_content("validation_second_sources") == []
 
 
 def test_kidney_bundle_calibrated_on_kits_and_evalseg_kidneys_weighs_the_sources_alike(kidney_calibration_items):

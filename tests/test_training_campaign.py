@@ -96,3 +96,39 @@ def test_a_bundle_whose_training_cannot_stop_on_time_is_refused(tmp_path):
                              str(ROOT / "bundles" / "adrenal_gland"), "--minutes", "1", "--campaigns", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "time_limit_s" in result.stderr
+
+
+def test_a_variant_starts_from_best_weights_on_the_checkpoints_counts_with_a_fresh_optimiser(tmp_path):
+    from shapeqc.training.campaign import load_campaign, seed_campaign, trainer_iteration
+
+    network = torch.nn.Linear(3, 2)
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
+    network(torch.ones(4, 3)).sum().backward()
+    optimiser.step()
+    torch.save({"model": network.state_dict(), "optimizer": optimiser.state_dict(),
+                "trainer": {"iteration": 120, "epoch_length": 12, "max_epochs": 100}}, tmp_path / "checkpoint.pt")
+    best = {name: torch.full_like(value, 0.5) for name, value in network.state_dict().items()}
+    torch.save(best, tmp_path / "best_model.pt")
+
+    folder = tmp_path / "variants" / "spleen"
+    campaign = load_campaign(folder, "spleen", {"num_points": 500})
+    seed_campaign(folder, campaign, tmp_path / "checkpoint.pt", tmp_path / "best_model.pt")
+    seeded = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(seeded["model"][name], best[name]) for name in best)
+    assert seeded["optimizer"]["state"] == {} and seeded["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    assert trainer_iteration(folder / "checkpoint.pt") == (10, 120)
+    assert campaign["started_from"]["weights"] == str(tmp_path / "best_model.pt")
+    # the emptied state loads and steps: Adam starts its moments afresh from the best weights
+    network.load_state_dict(seeded["model"])
+    fresh = torch.optim.Adam(network.parameters(), lr=1e-3)
+    fresh.load_state_dict(seeded["optimizer"])
+    network(torch.ones(4, 3)).sum().backward()
+    fresh.step()
+    assert int(fresh.state[network.weight]["step"]) == 1
+
+
+def test_start_weights_without_a_checkpoint_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "shapeqc.training.campaign", "--bundle", str(BUNDLE), "--minutes",
+                             "1", "--campaigns", str(tmp_path), "--start-weights", str(tmp_path / "best_model.pt")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--start-weights needs --start-from" in result.stderr

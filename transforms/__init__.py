@@ -4,7 +4,12 @@ Installed as ``shapeqc.transforms`` (folder ``transforms/``). Import flow: shape
 shapeqc.cuda_kernels. See README.md ("Grid convention") for axes and units.
 """
 
-from shapeqc.transforms.annotation_style import RandSinusCarved, convex_hull_mask
+from shapeqc.transforms.annotation_style import (
+    RandOutlineRestyled,
+    RandSinusCarved,
+    convex_hull_mask,
+    signed_distance,
+)
 from shapeqc.transforms.boundary_samples import BoundarySampled
 from shapeqc.transforms.canonical_grid import (
     CanonicalGrid,
@@ -51,8 +56,10 @@ __all__ = [
     "RandPatchCorruptiond",
     "RandPlaneCutd",
     "RandSliceDropd",
+    "RandOutlineRestyled",
     "RandSinusCarved",
     "convex_hull_mask",
+    "signed_distance",
     "RandPerlinCorruptiond",
     "RandAcquisitionResliced",
     "acquisition_affine",

@@ -187,20 +187,35 @@ def msd_spleen_split(dataset_dir: str, split: str, val_fraction: float = 0.25, s
                            folder=MSD_SPLEEN_LABELS)
 
 
+def second_source_items(dataset_dir: str, sources: list[dict] | None, tag: str = "source") -> list[dict]:
+    """The usable organs of every ``sources`` entry, ``{"name", "folder" (label maps, under ``dataset_dir``), "organ",
+    "labels"}`` (other annotation teams' clean organs), each tagged ``{tag: name}``. A folder that is not there is an
+    error that names it: a calibration or validation never silently falls back to one source."""
+    items = []
+    for source in sources or []:
+        folder = Path(dataset_dir) / source["folder"]
+        if not folder.is_dir():
+            raise FileNotFoundError(f"source {source['name']!r}: folder {folder} not found")
+        usable, _ = judged_items([{**item, tag: source["name"]} for item in
+                                  label_map_folder_items(folder, source["organ"], list(source["labels"]))])
+        logger.info("source %s: %d usable organs in %s", source["name"], len(usable), folder)
+        items += usable
+    return items
+
+
 def calibration_items(dataset_dir: str, held_out: list[dict], held_out_name: str,
                       second_sources: list[dict] | None = None) -> list[dict]:
     """The clean organs a bundle is calibrated on, each tagged with its ``calibration_source``: the bundle's
-    ``held_out`` split (named ``held_out_name``), then the usable organs of every ``second_sources`` entry,
-    ``{"name", "folder" (label maps, under ``dataset_dir``), "organ", "labels"}``: other annotation teams' clean
-    organs, so that thresholds hold across sources (:func:`shapeqc.scoring.thresholds.threshold_at`). A folder that is
-    not there is an error that names it (a calibration never silently falls back to one source)."""
-    items = [{**item, "calibration_source": held_out_name} for item in held_out]
-    for source in second_sources or []:
-        folder = Path(dataset_dir) / source["folder"]
-        if not folder.is_dir():
-            raise FileNotFoundError(f"calibration source {source['name']!r}: folder {folder} not found")
-        usable, _ = judged_items([{**item, "calibration_source": source["name"]} for item in
-                                  label_map_folder_items(folder, source["organ"], list(source["labels"]))])
-        logger.info("calibration source %s: %d usable organs in %s", source["name"], len(usable), folder)
-        items += usable
-    return items
+    ``held_out`` split (named ``held_out_name``), then the usable organs of every ``second_sources`` entry
+    (:func:`second_source_items`), so that thresholds hold across sources
+    (:func:`shapeqc.scoring.thresholds.threshold_at`)."""
+    return ([{**item, "calibration_source": held_out_name} for item in held_out]
+            + second_source_items(dataset_dir, second_sources, tag="calibration_source"))
+
+
+def validation_items(dataset_dir: str, held_out: list[dict], second_sources: list[dict] | None = None) -> list[dict]:
+    """The organs a training run validates on and selects its weights by: the bundle's ``held_out`` split, then the
+    usable organs of every ``second_sources`` entry (:func:`second_source_items`, tagged ``validation_source``).
+    Why a second source: validation on the training source's held-out organs alone selects for that team's outline
+    (kidney campaigns: KiTS validation flat while evalseg's expert kidneys lost 0.01-0.025, docs/training.md)."""
+    return held_out + second_source_items(dataset_dir, second_sources, tag="validation_source")

@@ -31,6 +31,9 @@ campaign's trainer checkpoint, so that two recipes are compared from the same we
     python -m shapeqc.training.campaign --bundle bundles/spleen --minutes 30 --campaigns docs/training/variants \
         --start-from docs/training/spleen/checkpoint.pt --set spatial_augmentation_prob=0.5
 
+``--start-weights docs/training/<bundle>/best_model.pt`` beside ``--start-from`` starts from the campaign's best
+weights instead of its last ones (the optimiser state emptied).
+
 The weights reach the bundle's ``models/model.pt`` only when it is recalibrated
 and shipped (docs/training.md).
 """
@@ -68,19 +71,29 @@ def load_campaign(folder: Path, bundle_name: str, overrides: dict) -> dict:
     return campaign
 
 
-def seed_campaign(folder: Path, campaign: dict, checkpoint: Path) -> None:
+def seed_campaign(folder: Path, campaign: dict, checkpoint: Path, weights: Path | None = None) -> None:
     """Start the new ``campaign`` in ``folder`` from another campaign's trainer ``checkpoint`` (copied; its
-    iteration, path and training hours kept as ``started_from``)."""
+    iteration, path and training hours kept as ``started_from``). ``weights`` (a ``best_model.pt``): the copy's
+    model replaced by them and its optimiser state emptied (Adam's moments belong to the checkpoint's own weights;
+    they restart from the next step), so that a variant starts from a campaign's best weights, which no trainer
+    checkpoint holds, on the checkpoint's iteration count."""
     if campaign["sessions"] or (folder / "checkpoint.pt").exists():
         raise SystemExit(f"{folder} already holds a campaign: --start-from seeds a new one only")
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoint, folder / "checkpoint.pt")
+    if weights is None:
+        shutil.copyfile(checkpoint, folder / "checkpoint.pt")
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state["model"] = torch.load(weights, map_location="cpu", weights_only=True)
+        state["optimizer"]["state"] = {}
+        torch.save(state, folder / "checkpoint.pt")
     _, iteration = trainer_iteration(folder / "checkpoint.pt")
     # the hours that trained those weights, from the campaign holding the checkpoint: iterations and hours stay
     # cumulative for the prior, whichever folder its sessions ran in
     source = Path(checkpoint).parent / "campaign.json"
     hours = float(json.loads(source.read_text()).get("hours", 0.0)) if source.exists() else 0.0
-    campaign["started_from"] = {"checkpoint": str(checkpoint), "iteration": iteration, "hours": hours}
+    campaign["started_from"] = {"checkpoint": str(checkpoint), "iteration": iteration, "hours": hours,
+                                **({"weights": str(weights)} if weights is not None else {})}
     campaign["iterations"] = iteration
     campaign["hours"] = hours
 
@@ -190,14 +203,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="config overrides of this session only (what steers the optimiser, not the network)")
     parser.add_argument("--start-from", type=Path, default=None, metavar="CHECKPOINT",
                         help="seed a new campaign with another campaign's trainer checkpoint (a variant's start)")
+    parser.add_argument("--start-weights", type=Path, default=None, metavar="WEIGHTS",
+                        help="with --start-from: start from these weights (e.g. the campaign's best_model.pt) on the "
+                             "checkpoint's iteration count, the optimiser state emptied")
     parser.add_argument("--decay", type=int, default=None, metavar="N",
                         help="half-cosine learning-rate decay over this session's next N iterations (to lr_floor)")
     args = parser.parse_args(argv)
     bundle = args.bundle.resolve()
     folder = args.campaigns / bundle.name
     campaign = load_campaign(folder, bundle.name, parse_overrides(args.set))
+    if args.start_weights is not None and args.start_from is None:
+        parser.error("--start-weights needs --start-from (the trainer checkpoint whose counts it keeps)")
     if args.start_from is not None:
-        seed_campaign(folder, campaign, args.start_from)  # kept as typed: a repository path, not this machine's
+        # the paths kept as typed: repository paths, not this machine's
+        seed_campaign(folder, campaign, args.start_from, args.start_weights)
     session = run_session(folder, bundle, campaign, args.dataset_dir, args.minutes, args.threads,
                           parse_overrides(args.session_set), args.decay)
     print(json.dumps(session))
