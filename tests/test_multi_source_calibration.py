@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
-from shapeqc.bundle.datalists import calibration_items, kits_kidney_split
+from shapeqc.bundle import datalists
+from shapeqc.bundle.datalists import calibration_items
 from shapeqc.bundle.loading import bundle_parser, load_bundle
 from shapeqc.calibration.profiles import calibrate
 from shapeqc.scoring.thresholds import leave_one_out_fpr, threshold_at
@@ -45,18 +47,47 @@ def test_second_source_items_are_tagged_and_a_missing_folder_is_named(kidney_cal
                           [{**EVALSEG_KIDNEYS, "folder": "evalseg_multiorgan/nowhere"}])
 
 
-def test_kidney_training_selects_weights_on_a_second_source_when_asked():
-    """Cross-source validation: the train config's validation organs are the held-out KiTS kidneys, plus, when
-    ``validation_second_sources`` names them, evalseg's expert kidneys; the evaluate config never takes them into the
-    calibration as KiTS kidneys."""
-    shipped = bundle_parser(BUNDLE, CONFIGS[:2], dataset_dir=str(SHARED_DATA), val_limit=2)
-    assert [item["case_id"] for item in shipped.get_parsed_content("validate#datalist")] == [
-        item["case_id"] for item in kits_kidney_split(str(SHARED_DATA), "val", limit=2)]
-    crossed = bundle_parser(BUNDLE, CONFIGS[:2], dataset_dir=str(SHARED_DATA), val_limit=2,
-                            validation_second_sources=[EVALSEG_KIDNEYS]).get_parsed_content("validate#datalist")
-    assert len(crossed) == 11 and "validation_source" not in crossed[0]
-    assert {(item["validation_source"], item["organ"]) for item in crossed[2:]} == {("evalseg expert", "kidney_left")}
-    assert bundle_parser(BUNDLE, CONFIGS).get_parsed_content("validation_second_sources") == []
+# each abdominal bundle: its own held-out split, and evalseg's experts of its organ as the second source
+SECOND_SOURCES = {"kidney": ("kits_kidney_split", "KiTS23 held-out", "kidney_left", 3),
+                  "liver": ("lits_liver_split", "LiTS held-out", "liver", 6),
+                  "spleen": ("msd_spleen_split", "MSD Task09 held-out", "spleen", 1)}
+
+
+@pytest.mark.parametrize("name", sorted(SECOND_SOURCES))
+def test_training_selects_and_calibration_sets_thresholds_on_a_second_source_when_asked(name):
+    """Cross-source validation: the train config's validation organs are the held-out split, plus, when
+    ``validation_second_sources`` names them, evalseg's expert organs; the evaluate config's calibration items are
+    tagged by source (a second source's tags: the kidney test above)."""
+    split, held_out, organ, label = SECOND_SOURCES[name]
+    bundle = ROOT / "bundles" / name
+    evalseg = {"name": "evalseg expert", "folder": "evalseg_multiorgan/gt", "organ": organ, "labels": [label]}
+    own = [item["case_id"] for item in getattr(datalists, split)(str(SHARED_DATA), "val", limit=2)]
+    shipped = bundle_parser(bundle, CONFIGS, dataset_dir=str(SHARED_DATA), val_limit=2)
+    assert [item["case_id"] for item in shipped.get_parsed_content("validate#datalist")] == own
+    assert shipped.get_parsed_content("validation_second_sources") == []
+    assert shipped.get_parsed_content("calibration_second_sources") == []
+    assert [item["calibration_source"] for item in shipped.get_parsed_content("calibrate#items")] == [held_out] * 2
+
+    crossed = bundle_parser(bundle, CONFIGS[:2], dataset_dir=str(SHARED_DATA), val_limit=2,
+                            validation_second_sources=[evalseg]).get_parsed_content("validate#datalist")
+    assert [item["case_id"] for item in crossed[:2]] == own and "validation_source" not in crossed[0]
+    assert {(item["validation_source"], item["organ"]) for item in crossed[2:]} == {("evalseg expert", organ)}
+    # all 9 of evalseg's organs, read by their own labels (not TotalSegmentator's: "liver" would be its oesophagus)
+    assert len(crossed) == 11 and all(item["labels"] == [label] for item in crossed[2:])
+
+
+@pytest.mark.parametrize("organ,label,voxels", [("liver", 6, 2991518), ("spleen", 1, None), ("kidney_left", 3, None)])
+def test_a_datalist_items_own_labels_win_over_totalsegmentators_table(organ, label, voxels):
+    """evalseg's maps hold eight organs under their own numbers; read by TotalSegmentator's table, "liver" would be
+    label 5 (evalseg's oesophagus). An item's ``labels`` are the organ, whatever else the map holds."""
+    from shapeqc.transforms.organ_loading import load_item_mask
+
+    path = SHARED_DATA / "evalseg_multiorgan" / "gt" / "7.nii.gz"
+    mask, _ = load_item_mask({"mask": str(path), "organ": organ, "labels": [label]})
+    expected = np.asarray(nib.load(path).dataobj) == label
+    np.testing.assert_array_equal(mask, expected)
+    if voxels is not None:  # index.csv's count of subject 7's expert liver
+        assert int(mask.sum()) == voxels
 
 
 def test_kidney_bundle_calibrated_on_kits_and_evalseg_kidneys_weighs_the_sources_alike(kidney_calibration_items):

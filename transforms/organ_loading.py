@@ -83,6 +83,7 @@ def load_organ_mask(
     npz_index: int | None = None,
     labels: Sequence[int] | None = None,
     side: str | None = None,
+    map_labels: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Load one organ as ``(mask (D, H, W) bool, affine (4, 4) float64, info)``.
 
@@ -91,6 +92,9 @@ def load_organ_mask(
     ``labels``: the label values that together make up the organ in a dataset's own label map (a bundle's
     ``organ_labels``). They are used for a file without a label table whose values all lie in ``{0} + labels``;
     any other file (a TotalSegmentator map, a binary mask) is read as usual.
+    ``map_labels``: the label values that make up the organ in this dataset's own label map, whatever else the map
+    holds (a datalist item's ``labels``: evalseg's liver is label 6 among eight organs, where TotalSegmentator's
+    table would read label 5, evalseg's oesophagus). They win over ``labels`` and over any label table.
     ``side`` ("left" or "right"): the file holds the organ of both sides (KiTS); keep this side's one
     (:func:`organ_on_side`).
 
@@ -107,11 +111,12 @@ def load_organ_mask(
         return binary_mask(volume, None), validate_affine(affine, None), {"form": "array", "map_version": "",
                                                                          "label": 0}
     if side is not None:
-        mask, affine, info = load_organ_mask(source, organ, map_version, affine, npz_array, npz_index, labels)
+        mask, affine, info = load_organ_mask(source, organ, map_version, affine, npz_array, npz_index, labels,
+                                             map_labels=map_labels)
         path = source.path if isinstance(source, VolumeFile) else None if isinstance(source, np.ndarray) else source
         return organ_on_side(mask, affine, side, path), affine, info
     if isinstance(source, VolumeFile):
-        return _organ_in_volume(source, organ, map_version, labels)
+        return _organ_in_volume(source, organ, map_version, labels, map_labels)
     path = Path(source)
     if str(path).lower().endswith(".npz"):
         if npz_array is None or npz_index is None:
@@ -129,13 +134,21 @@ def load_organ_mask(
         volume, file_affine = read_volume(organ_file)
         return binary_mask(volume, organ_file), file_affine, {"form": "organ_folder", "map_version": "",
                                                                "label": 0}
-    return _organ_in_volume(read_volume_file(path), organ, map_version, labels)
+    return _organ_in_volume(read_volume_file(path), organ, map_version, labels, map_labels)
 
 
-def _organ_in_volume(source: VolumeFile, organ: str | None, map_version: str,
-                     labels: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, dict]:
+def _organ_in_volume(source: VolumeFile, organ: str | None, map_version: str, labels: Sequence[int] | None,
+                     map_labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """:func:`load_organ_mask` on a file already read."""
     volume, file_affine, header_labels, path = source.array, source.affine, source.label_names, source.path
+    if map_labels is not None:
+        if volume.dtype.kind == "f" and not np.all(volume == np.round(volume)):
+            raise NonBinaryMaskError(path, "a label map must hold whole numbers, found fractional values")
+        mask = np.isin(volume, list(map_labels))
+        if not mask.any():
+            raise OrganAbsentError(path, f"organ {organ!r} (labels {list(map_labels)} of the datalist) is absent "
+                                         "from this map")
+        return mask, file_affine, {"form": "label_set", "map_version": "", "label": 0}
     if labels is not None and header_labels is None:
         if is_label_set_map(source.values, labels):
             return np.isin(volume, labels), file_affine, {"form": "label_set", "map_version": "", "label": 0}
@@ -242,7 +255,8 @@ class LoadOrganMaskd(MapTransform):
     Writes, per key: the mask as (D, H, W) uint8; ``affine`` (4, 4) float64 into ``affine_key``; the source's
     description into ``source_key`` (for error logs) and how it was read into ``f"{key}_load"``.
     The organ name comes from ``organ`` or, per item, from ``data[organ_key]``; the label values making up the
-    organ in a dataset label map from ``labels`` or, per item, ``data[labels_key]``; the side to keep of a map
+    organ in a dataset label map from ``labels`` (a bundle's rule: only for a map holding nothing else) or, per
+    item, ``data[labels_key]`` (the datalist's: whatever else the map holds); the side to keep of a map
     holding both sides' organ under one label from ``data[side_key]`` (see :func:`load_organ_mask`).
     """
 
@@ -277,7 +291,7 @@ class LoadOrganMaskd(MapTransform):
             mask, affine, info = load_organ_mask(
                 d[key], organ=organ, map_version=d.get("map_version", self.map_version),
                 affine=d.get(self.affine_key), npz_array=d.get("npz_array"), npz_index=d.get("npz_index"),
-                labels=d.get(self.labels_key, self.labels), side=d.get(self.side_key),
+                labels=self.labels, map_labels=d.get(self.labels_key), side=d.get(self.side_key),
             )
             d[key] = mask.astype(np.uint8)
             d[self.affine_key] = affine
