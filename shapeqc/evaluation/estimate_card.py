@@ -20,6 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
+from shapeqc.scoring.thresholds import load_thresholds
+
 TITLE = "## Predicted Dice: what was measured (issue 35)"
 
 
@@ -36,17 +38,22 @@ def _profile_name(spacing) -> str:
     return "as given" if spacing is None else "re-sliced " + " x ".join(f"{v:g}" for v in spacing) + " mm"
 
 
-def estimate_rows(bundle_dir: Path) -> list[dict]:
+def estimated_profiles(bundle_dir: Path) -> list[dict]:
+    """The profiles of the bundle's thresholds whose predicted-Dice estimator was measured on held-out organs (read
+    once: :func:`estimate_section` walks them twice)."""
+    return [profile for profile in (load_thresholds(bundle_dir) or {}).get("profiles", [])
+            if "held_out" in (profile.get("quality_estimator") or {})]
+
+
+def estimate_rows(bundle_dir: Path, profiles: list[dict] | None = None) -> list[dict]:
     """One row per (profile, measurement): ``profile``, ``measured_on``, ``organs``, ``estimate`` and ``raw_dice``
-    metrics (pearson_r, spearman, mae), ``coverage`` of the shipped interval."""
+    metrics (pearson_r, spearman, mae), ``coverage`` of the shipped interval. ``profiles``: those of
+    :func:`estimated_profiles` (read from the bundle when not given)."""
     bundle_dir = Path(bundle_dir)
-    thresholds = json.loads((bundle_dir / "configs" / "thresholds.json").read_text())
     docs = bundle_dir / "docs"
     rows = []
-    for profile in thresholds.get("profiles", []):
-        estimator = profile.get("quality_estimator")
-        if not estimator or "held_out" not in estimator:
-            continue
+    for profile in estimated_profiles(bundle_dir) if profiles is None else profiles:
+        estimator = profile["quality_estimator"]
         name = _profile_name(profile["spacing_mm"])
         held = estimator["held_out"]
         families = len(estimator["coverage_by_kind"])
@@ -77,7 +84,7 @@ def estimate_rows(bundle_dir: Path) -> list[dict]:
 def estimate_section(bundle_dir: Path) -> str:
     """The README section (markdown, :data:`TITLE` first) for ``bundle_dir``."""
     bundle_dir = Path(bundle_dir)
-    thresholds = json.loads((bundle_dir / "configs" / "thresholds.json").read_text())
+    profiles = estimated_profiles(bundle_dir)
     lines = [TITLE, "",
              "The predicted Dice and its interval on organs the estimator was not fitted on, beside the raw "
              "Dice(segmentation, reconstruction) as the estimate (r / Spearman / MAE against the true Dice; "
@@ -85,14 +92,12 @@ def estimate_section(bundle_dir: Path) -> str:
              f"`python -m shapeqc.evaluation.estimate_card bundles/{bundle_dir.name} --write`.", "",
              "| profile | measured on | organs | estimate r / rho / MAE | raw Dice r / rho / MAE | interval coverage |",
              "|---|---|---|---|---|---|"]
-    for row in estimate_rows(bundle_dir):
+    for row in estimate_rows(bundle_dir, profiles):
         lines.append(f"| {row['profile']} | {row['measured_on']} | {row['organs']} | {_trio(row['estimate'])} "
                      f"| {_trio(row['raw_dice'])} | {_percent(row['coverage'])} |")
     lines.append("")
-    for profile in thresholds.get("profiles", []):
-        estimator = profile.get("quality_estimator")
-        if not estimator or "held_out" not in estimator:
-            continue
+    for profile in profiles:
+        estimator = profile["quality_estimator"]
         real = estimator.get("real_failures")
         shown = (f"{_percent(real['coverage'])} on real model failures" if real
                  and real["coverage"] < estimator["measured_coverage"]
