@@ -20,6 +20,11 @@ def kidney_like(size: int = 48) -> np.ndarray:
     return organ & ~hilum
 
 
+def ball(radius: float, size: int = 40) -> np.ndarray:
+    x, y, z = np.meshgrid(*[np.arange(size) - size / 2 + 0.5] * 3, indexing="ij")
+    return x**2 + y**2 + z**2 <= radius**2
+
+
 def test_convex_hull_of_an_l_shaped_plate_fills_its_corner_exactly():
     organ = np.zeros((12, 12, 3), dtype=bool)
     organ[:10, :4] = organ[:4, :10] = True
@@ -57,17 +62,22 @@ def test_sinus_carving_opens_a_branched_cavity_into_the_hilum_and_keeps_the_oute
     assert (space[removed] == hilum_part).mean() > 0.9
 
 
+def seeded_pair_and_other(transform_class, seed: int):
+    """Three instances at prob 1: two seeded alike, one with the next seed."""
+    first, second, other = (transform_class(keys="mask", prob=1.0) for _ in range(3))
+    first.set_random_state(seed)
+    second.set_random_state(seed)
+    other.set_random_state(seed + 1)
+    return first, second, other
+
+
 def test_sinus_carving_is_seeded_and_leaves_convex_organs_alone():
     organ = kidney_like()
-    first, second, other = (RandSinusCarved(keys="mask", prob=1.0) for _ in range(3))
-    first.set_random_state(5)
-    second.set_random_state(5)
-    other.set_random_state(6)
+    first, second, other = seeded_pair_and_other(RandSinusCarved, 5)
     np.testing.assert_array_equal(first.change(organ), second.change(organ))
     assert (first.change(organ) != other.change(organ)).any()
-    x, y, z = np.meshgrid(*[np.arange(32) - 15.5] * 3, indexing="ij")
-    ball = x**2 + y**2 + z**2 <= 12**2
-    np.testing.assert_array_equal(first.change(ball) > 0, ball)
+    sphere = ball(12.0, size=32)
+    np.testing.assert_array_equal(first.change(sphere) > 0, sphere)
 
 
 def test_sinus_carving_as_the_kidney_training_pipeline_runs_it_on_a_real_kits_kidney(tmp_path):
@@ -88,11 +98,6 @@ def test_sinus_carving_as_the_kidney_training_pipeline_runs_it_on_a_real_kits_ki
     assert carved.shape == grid["mask"].shape and carved.dtype == grid["mask"].dtype
     removed = clean & ~(np.asarray(carved[0]) > 0)
     assert 0.003 < removed.sum() / clean.sum() < 0.08
-
-
-def ball(radius: float, size: int = 40) -> np.ndarray:
-    x, y, z = np.meshgrid(*[np.arange(size) - size / 2 + 0.5] * 3, indexing="ij")
-    return x**2 + y**2 + z**2 <= radius**2
 
 
 def test_signed_distance_of_a_cube_is_half_a_voxel_either_side_of_its_faces():
@@ -139,10 +144,7 @@ def test_smoothed_outline_moves_with_the_sub_voxel_shift(sigma):
 
 def test_outline_restyling_is_seeded_and_refuses_to_wipe_out_an_organ():
     organ = kidney_like()
-    first, second, other = (RandOutlineRestyled(keys="mask", prob=1.0) for _ in range(3))
-    first.set_random_state(3)
-    second.set_random_state(3)
-    other.set_random_state(4)
+    first, second, other = seeded_pair_and_other(RandOutlineRestyled, 3)
     np.testing.assert_array_equal(first.change(organ), second.change(organ))
     assert (first.change(organ) != other.change(organ)).any()
     # a plate one voxel thick has no voxel deeper than -0.5: a shift inwards would empty it, so it is kept

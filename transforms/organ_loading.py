@@ -142,8 +142,7 @@ def _organ_in_volume(source: VolumeFile, organ: str | None, map_version: str, la
     """:func:`load_organ_mask` on a file already read."""
     volume, file_affine, header_labels, path = source.array, source.affine, source.label_names, source.path
     if map_labels is not None:
-        if volume.dtype.kind == "f" and not np.all(volume == np.round(volume)):
-            raise NonBinaryMaskError(path, "a label map must hold whole numbers, found fractional values")
+        _require_whole_labels(volume, path)
         mask = np.isin(volume, list(map_labels))
         if not mask.any():
             raise OrganAbsentError(path, f"organ {organ!r} (labels {list(map_labels)} of the datalist) is absent "
@@ -157,8 +156,7 @@ def _organ_in_volume(source: VolumeFile, organ: str | None, map_version: str, la
     if organ is None or (header_labels is None and np.all(np.isin(source.values, (0, 1)))):
         return binary_mask(volume, path, source.values), file_affine, {"form": "binary", "map_version": "", "label": 0}
 
-    if volume.dtype.kind == "f" and not np.all(volume == np.round(volume)):
-        raise NonBinaryMaskError(path, "a label map must hold whole numbers, found fractional values")
+    _require_whole_labels(volume, path)
     label_map = volume.astype(np.int32, copy=False)
     if map_version == "auto":
         map_version = source.map_version
@@ -170,6 +168,12 @@ def _organ_in_volume(source: VolumeFile, organ: str | None, map_version: str, la
     if not mask.any():
         raise OrganAbsentError(path, f"organ {organ!r} (label {label}, map {map_version}) is absent from this map")
     return mask, file_affine, {"form": "multilabel", "map_version": map_version, "label": int(label)}
+
+
+def _require_whole_labels(volume: np.ndarray, path) -> None:
+    """A label map holds whole numbers: NonBinaryMaskError (naming ``path``) for fractional values."""
+    if volume.dtype.kind == "f" and not np.all(volume == np.round(volume)):
+        raise NonBinaryMaskError(path, "a label map must hold whole numbers, found fractional values")
 
 
 # A kidney holds 100-250 ml; what is left beside the two kidneys of a KiTS map after the union of its labels is a
