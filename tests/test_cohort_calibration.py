@@ -34,9 +34,13 @@ def clean_dice(bundle: str, profile: str = "as_given") -> np.ndarray:
 def test_a_clean_cohort_is_flagged_at_the_target_rate(bundle, profile, rate):
     dice = clean_dice(bundle, profile)
     fit = fit_cohort_threshold(dice, rate)
-    assert fit["set_aside"] == 0  # no clean organ is a gross failure
-    rank = max(1, int(np.floor((dice.size + 1) * rate)))
-    assert int(np.sum(dice < fit["threshold"])) == rank - 1  # the k-th lowest: k - 1 organs below it
+    # at most one clean organ lies as far below the median as a gross failure (kidney 0.2.0: KiTS case_00297, a
+    # kidney with 70 ml of tumour and cyst at 5 mm slices, 6.0 / 7.2 robust SD down; set aside, i.e. flagged)
+    expected_aside = 1 if bundle == "kidney" else 0
+    assert fit["set_aside"] == expected_aside
+    rank = max(1, int(np.floor((dice.size - expected_aside + 1) * rate)))
+    # the k-th lowest of the rest: k - 1 of them below it, and every set-aside organ
+    assert int(np.sum(dice < fit["threshold"])) == rank - 1 + expected_aside
     # a clean organ the fit did not see: flagged at the nominal rate (leave one out, within 2 points)
     left_out = np.mean([dice[i] < fit_cohort_threshold(np.delete(dice, i), rate)["threshold"]
                         for i in range(dice.size)])
@@ -50,8 +54,15 @@ def test_gross_failures_are_set_aside_and_do_not_lower_the_threshold(bundle, pro
     clean_fit = fit_cohort_threshold(dice, 0.05)
     failures = np.random.default_rng(0).uniform(0.2, 0.6, size=dice.size // 8)  # 1 in 9 of the cohort broken
     mixed_fit = fit_cohort_threshold(np.concatenate([dice, failures]), 0.05)
-    assert mixed_fit["set_aside"] == failures.size
-    assert mixed_fit["threshold"] == pytest.approx(clean_fit["threshold"])
+    # every failure set aside; a clean organ only where it lies as far down (kidney 0.2.0's case_00297, 6.0 robust
+    # SD below the clean median as given: the failures widen the spread, and it stays in)
+    clean_aside = mixed_fit["set_aside"] - failures.size
+    assert clean_aside == clean_fit["set_aside"] - (1 if (bundle, profile) == ("kidney", "as_given") else 0)
+    # the threshold is the clean organs' own order statistic among those kept, as if the failures were not there
+    kept = np.sort(dice)[clean_aside:]
+    assert mixed_fit["threshold"] == pytest.approx(kept[max(1, int(np.floor((kept.size + 1) * 0.05))) - 1])
+    if clean_aside == clean_fit["set_aside"]:
+        assert mixed_fit["threshold"] == pytest.approx(clean_fit["threshold"])
     # the plain "worst 5%" of the research pipeline would have set it far below every clean organ
     assert np.quantile(np.concatenate([dice, failures]), 0.05) < dice.min()
 

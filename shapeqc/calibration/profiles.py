@@ -107,9 +107,10 @@ def calibrate(bundle_dir: str, items: list[dict], target_fpr: float = 0.05, orga
     ``refine_steps``: test-time refinement per case (thresholds hold only for analyses run the same way).
     ``bundle``: an already loaded bundle (e.g. the network a ``monai.bundle`` evaluator just ran) instead of
     loading ``bundle_dir``'s weights.
-    Items of several sources (``calibration_source``, :func:`shapeqc.bundle.datalists.calibration_items`) weigh each
-    source alike in the thresholds; the profile then records ``clean_cases_by_source`` and each metric's
-    ``leave_one_out_fpr_by_source``.
+    Items of several sources (``calibration_source``, :func:`shapeqc.bundle.datalists.calibration_items`): each
+    source is held to its own quantile (the most lenient of the sources' quantiles is the threshold,
+    :func:`shapeqc.scoring.thresholds.threshold_at`); the profile then records ``clean_cases_by_source`` and each
+    metric's ``leave_one_out_fpr_by_source`` (``leave_one_out_fpr`` the highest of them).
     """
     bundle = bundle or load_bundle(bundle_dir, device, refine_steps=refine_steps)
     organ = organ or (bundle.organs[0] if bundle.organs else "")

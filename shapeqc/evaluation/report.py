@@ -126,13 +126,23 @@ def fpr_context(result: dict) -> str:
     interval = result.get("clean_fpr_interval_95")
     text = (f"; 95% interval on {result['clean_cases']} cases {interval[0]:.3f}-{interval[1]:.3f}" if interval else "")
     loo = result.get("calibration_leave_one_out_fpr")
-    if loo is not None:
-        cases = result["calibration_clean_cases"]
-        low, high = wilson_interval(round(loo * cases), cases)
-        text += (f". These cases are among the {cases} the threshold was calibrated on; each of those {cases} judged "
-                 f"against the threshold set on the other {cases - 1} (leave one out, the rate a new clean organ "
-                 f"meets): {loo:.3f}, 95% interval {low:.3f}-{high:.3f}")
-    return text
+    if loo is None:
+        return text
+    cases = result["calibration_clean_cases"]
+    text += (f". These cases are among the {cases} the threshold was calibrated on; each of those {cases} judged "
+             f"against the threshold set on the other {cases - 1} (leave one out, the rate a new clean organ meets): ")
+    by_source = result.get("calibration_leave_one_out_fpr_by_source")
+    counts = result.get("calibration_clean_cases_by_source")
+    if by_source and counts:
+        # several sources: the threshold holds each to its own quantile, so each source's rate is the figure
+        parts = []
+        for name, rate in by_source.items():
+            flagged, total = round(rate * counts[name]), counts[name]
+            low, high = wilson_interval(flagged, total)
+            parts.append(f"{name} {rate:.3f} ({flagged} of {total}, 95% interval {low:.3f}-{high:.3f})")
+        return text + "; ".join(parts)
+    low, high = wilson_interval(round(loo * cases), cases)
+    return text + f"{loo:.3f}, 95% interval {low:.3f}-{high:.3f}"
 
 
 def plot_roc(cases: list[dict], clean_scores: list[dict], out_path: Path) -> None:

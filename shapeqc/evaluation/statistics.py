@@ -86,6 +86,9 @@ def shipped_fields(profile: dict | None) -> dict:
             "shipped_dice_threshold": dice.get("threshold"),
             "calibration_clean_cases": profile.get("clean_cases") if profile else None,
             "calibration_leave_one_out_fpr": dice.get("leave_one_out_fpr"),
+            # a calibration on several sources: each source's clean cases and leave-one-out rate
+            "calibration_clean_cases_by_source": profile.get("clean_cases_by_source") if profile else None,
+            "calibration_leave_one_out_fpr_by_source": dice.get("leave_one_out_fpr_by_source"),
             "shipped_quality_estimator": profile.get("quality_estimator") if profile else None}
 
 
@@ -293,6 +296,8 @@ def tabulate(scored: dict) -> dict:
             round(clean_fpr_shipped * len(clean_scores)), len(clean_scores))),
         **{key: scored[key] for key in ("calibration_clean_cases", "calibration_leave_one_out_fpr",
                                         "swap_organ_from")},
+        **{key: scored.get(key) for key in ("calibration_clean_cases_by_source",
+                                            "calibration_leave_one_out_fpr_by_source")},
         "families": table, "overall": overall, "family_mean_moderate": family_mean,
         "family_mean_moderate_without_organ_swap": family_mean_earlier,
         "quality_estimation": estimation,

@@ -37,34 +37,33 @@ def badness(metric: str, values, worse_when: str | None = None) -> np.ndarray:
     return -values if direction == "below" else values
 
 
-def source_weights(sources) -> np.ndarray | None:
-    """Weights (N,) of clean cases from the ``sources`` (N,) they came from, so that every source weighs as much as
-    any other (each case 1 / its source's size, summing to 1); None for one source (every case alike)."""
+def source_names(sources) -> np.ndarray | None:
+    """The ``sources`` (N,) of clean cases as strings, or None when they name fewer than two sources (every case
+    then counts as one population)."""
     if sources is None:
         return None
-    names, index, counts = np.unique(np.asarray(sources, dtype=str), return_inverse=True, return_counts=True)
-    if len(names) < 2:
-        return None
-    return 1.0 / (counts[index] * len(names))
+    labels = np.asarray(sources, dtype=str)
+    return labels if len(np.unique(labels)) > 1 else None
 
 
 def threshold_at(values, target_fpr: float, worse_when: str, sources=None) -> float:
     """The threshold flagging ``target_fpr`` of the clean ``values`` (N,): their ``target_fpr`` quantile for a
-    metric worse below it (Dice), their ``1 - target_fpr`` quantile otherwise (surface distances, mm).
+    metric worse below it (Dice), their ``1 - target_fpr`` quantile otherwise (surface distances, mm); numpy's
+    linear quantile.
 
-    ``sources`` (N,): the source (annotation team, hospital) of each clean case. With more than one, the quantile is
-    that of the sources' equal mixture (:func:`source_weights`; each case at the middle of its weight in the
-    cumulative sum, interpolated linearly), so that a small second source's tail counts as much as a large first
-    one's: the sources' false-positive rates average ``target_fpr``, none is above ``target_fpr`` times their
-    number. One source: numpy's linear quantile, as before there were several."""
+    ``sources`` (N,): the source (annotation team, hospital) of each clean case. With more than one, each source's
+    own quantile is taken and the most lenient of them is the threshold (the lowest for Dice, the highest for a
+    distance), so no source's clean organs are flagged more often than its own quantile flags them: about
+    ``target_fpr`` for a large source, and for a source of fewer than ``1 / target_fpr`` cases at most its single
+    worst one (the linear quantile lies between its two worst). Pooling, or weighing the sources as an equal mixture,
+    would instead push a large source past the target to make room for a small one's tail."""
     quantile = target_fpr if worse_when == "below" else 1.0 - target_fpr
     values = np.asarray(values, float)
-    weights = source_weights(sources)
-    if weights is None:
+    labels = source_names(sources)
+    if labels is None:
         return float(np.quantile(values, quantile))
-    order = np.argsort(values, kind="stable")
-    cumulative = np.cumsum(weights[order])
-    return float(np.interp(quantile, cumulative - weights[order] / 2, values[order]))
+    per_source = [float(np.quantile(values[labels == name], quantile)) for name in np.unique(labels)]
+    return min(per_source) if worse_when == "below" else max(per_source)
 
 
 def leave_one_out_fpr(values, target_fpr: float, worse_when: str, sources=None) -> float | dict:
@@ -74,7 +73,7 @@ def leave_one_out_fpr(values, target_fpr: float, worse_when: str, sources=None) 
     population sees. With ``sources`` (N,), the thresholds are set as :func:`threshold_at` sets them on several
     sources, and the result is ``{source: rate among that source's cases}``."""
     values = np.asarray(values, float)
-    labels = None if sources is None else np.asarray(sources, dtype=str)
+    labels = source_names(sources)
     flagged = np.array([bool(is_worse(value, threshold_at(
         np.delete(values, index), target_fpr, worse_when, None if labels is None else np.delete(labels, index)),
         worse_when)) for index, value in enumerate(values)])
@@ -86,17 +85,18 @@ def leave_one_out_fpr(values, target_fpr: float, worse_when: str, sources=None) 
 def metric_rule(values, target_fpr: float, metric: str, enabled: bool, sources=None) -> dict:
     """One metric's entry of a profile, set on the clean ``values`` (N,) (from ``sources`` (N,), see
     :func:`threshold_at`); with several sources also ``leave_one_out_fpr_by_source``, and ``leave_one_out_fpr`` is
-    then the sources' mean (each source weighs alike, as in the threshold)."""
+    then the highest of them (the rule promises every source its target, so the worst-served source is the
+    figure to quote)."""
     worse_when = WORSE_WHEN[metric]
     rule = {"threshold": threshold_at(values, target_fpr, worse_when, sources), "worse_when": worse_when,
             "enabled": bool(enabled)}
     if len(values) < 2:
         return rule
-    if source_weights(sources) is None:
+    if source_names(sources) is None:
         rule["leave_one_out_fpr"] = leave_one_out_fpr(values, target_fpr, worse_when)
     else:
         by_source = leave_one_out_fpr(values, target_fpr, worse_when, sources)
-        rule["leave_one_out_fpr"] = float(np.mean(list(by_source.values())))
+        rule["leave_one_out_fpr"] = float(max(by_source.values()))
         rule["leave_one_out_fpr_by_source"] = by_source
     return rule
 

@@ -1,11 +1,16 @@
 """Training curve of a bundle run: the loss and validation Dice read from the run's log, as a PNG.
 
-    python -m shapeqc.training.curve train.log --out bundles/adrenal_gland/docs/training_curve.png
+    python -m shapeqc.training.curve train.log [MORE.log ...] --out bundles/adrenal_gland/docs/training_curve.png
+
+Several logs are read in the order given, as one run continued from checkpoints (the trainer's epoch count runs on
+across sessions and variants): each later log takes over from its first epoch, so the part of an earlier log past
+the checkpoint a variant started from (the plain spleen campaign after epoch 682) is left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -20,16 +25,34 @@ def read_log(text: str) -> tuple[list[tuple[float, float]], list[tuple[int, floa
     return losses, dices
 
 
-def plot_curve(log_path: str | Path, out_path: str | Path) -> Path:
+def continued_logs(texts: list[str]) -> tuple[list[tuple[float, float]], list[tuple[int, float]]]:
+    """:func:`read_log` of several logs of one run in order, each taking over from its first epoch E: the earlier
+    logs' losses past epoch E - 1 and validations from epoch E on are dropped."""
+    losses: list[tuple[float, float]] = []
+    dices: list[tuple[int, float]] = []
+    for text in texts:
+        more_losses, more_dices = read_log(text)
+        if more_losses:
+            first_epoch = math.ceil(more_losses[0][0])  # iteration i of epoch E sits at E - 1 + i / n
+            losses = [point for point in losses if point[0] <= first_epoch - 1]
+            dices = [point for point in dices if point[0] < first_epoch]
+        losses += more_losses
+        dices += more_dices
+    return losses, dices
+
+
+def plot_curve(log_paths: str | Path | list, out_path: str | Path) -> Path:
+    """Plot the logs ``log_paths`` (one path, or several read in order as one run) into the PNG ``out_path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    losses, dices = read_log(Path(log_path).read_text())
+    paths = [log_paths] if isinstance(log_paths, (str, Path)) else list(log_paths)
+    losses, dices = continued_logs([Path(path).read_text() for path in paths])
     if not losses:
-        raise ValueError(f"{log_path}: no 'train_loss' lines found")
+        raise ValueError(f"{', '.join(map(str, paths))}: no 'train_loss' lines found")
     x, y = np.array(losses).T
     window = max(1, len(y) // 50)
     smooth = np.convolve(y, np.ones(window) / window, mode="valid")
@@ -56,7 +79,7 @@ def plot_curve(log_path: str | Path, out_path: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("log")
+    parser.add_argument("log", nargs="+", help="one or more logs, read in order as one run")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     print(plot_curve(args.log, args.out))
