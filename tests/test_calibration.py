@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shapeqc.scoring.thresholds import leave_one_out_fpr, threshold_at
+from shapeqc.scoring.thresholds import is_worse, leave_one_out_fpr, threshold_at
 
 
 @pytest.mark.parametrize("worse_when, values, expected", [
@@ -32,33 +32,22 @@ def test_leave_one_out_rate_of_identical_scores_is_zero():
     assert leave_one_out_fpr([0.95] * 10, 0.05, "below") == 0.0
 
 
-def _flagged_share(values, threshold, worse_when):
-    values = np.asarray(values, float)
-    return float(np.mean(values < threshold if worse_when == "below" else values > threshold))
-
-
+# 20 clean cases of a first source and 5 of a second team (5..9), each held to its own 5% point:
+# - first 1..20 (own point 1.95, flags one of them): the second's point is 5.2, so 1.95 holds; the sources' equal
+#   mixture would have put the threshold at 2.5 and flagged two of the first's 20 (10%)
+# - first 11..30: the second team draws the organ otherwise and scores worse throughout; the threshold follows its
+#   own point (5.2, between its two worst), flagging its worst organ only and none of the first's
+@pytest.mark.parametrize("first_start, threshold, first_share, second_share", [(1.0, 1.95, 0.05, 0.0),
+                                                                               (11.0, 5.2, 0.0, 0.2)])
 @pytest.mark.parametrize("worse_when, sign", [("below", 1.0), ("above", -1.0)])
-def test_a_small_second_source_does_not_push_the_large_one_past_its_target(worse_when, sign):
-    # 20 clean cases of a first source (1..20: its own 5% point 1.95 flags one of them) and 5 of a second team
-    # (5..9): the sources' equal mixture would put the threshold at 2.5 and flag two of the first's 20 (10%)
-    first, second = sign * np.arange(1.0, 21.0), sign * np.arange(5.0, 10.0)
+def test_each_source_is_held_to_its_own_quantile(worse_when, sign, first_start, threshold, first_share,
+                                                   second_share):
+    first, second = sign * np.arange(first_start, first_start + 20.0), sign * np.arange(5.0, 10.0)
     values, sources = np.concatenate([first, second]), ["first"] * 20 + ["second"] * 5
-    threshold = threshold_at(values, 0.05, worse_when, sources)
-    assert threshold == pytest.approx(sign * 1.95)
-    assert _flagged_share(first, threshold, worse_when) == 0.05
-    assert _flagged_share(second, threshold, worse_when) == 0.0
-
-
-@pytest.mark.parametrize("worse_when, sign", [("below", 1.0), ("above", -1.0)])
-def test_a_second_source_that_draws_the_organ_otherwise_sets_the_threshold_for_itself(worse_when, sign):
-    # the second team's organs (5..9) all score worse than the first's (11..30): the threshold follows the second
-    # team's own 5% point (5.2, between its two worst), so it flags its worst organ only and none of the first's
-    first, second = sign * np.arange(11.0, 31.0), sign * np.arange(5.0, 10.0)
-    values, sources = np.concatenate([first, second]), ["first"] * 20 + ["second"] * 5
-    threshold = threshold_at(values, 0.05, worse_when, sources)
-    assert threshold == pytest.approx(sign * 5.2)
-    assert _flagged_share(first, threshold, worse_when) == 0.0
-    assert _flagged_share(second, threshold, worse_when) == 0.2
+    set_at = threshold_at(values, 0.05, worse_when, sources)
+    assert set_at == pytest.approx(sign * threshold)
+    assert np.mean(is_worse(first, set_at, worse_when)) == first_share
+    assert np.mean(is_worse(second, set_at, worse_when)) == second_share
 
 
 def test_one_source_named_is_numpys_quantile():
